@@ -1,0 +1,286 @@
+//! Map names, capacities, and the key and value layouts both sides read and write.
+
+use core::mem::size_of;
+
+use crate::{Reason, limiter::Bucket};
+
+// Map names: the symbol in the object file and the pin file name under bpffs.
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_MISC: &str = "MISC";
+pub const MAP_GLOBALS: &str = "GLOBALS";
+pub const MAP_SOURCES: &str = "SOURCES";
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_EVENT_SEEN: &str = "EVENT_SEEN";
+pub const MAP_ALLOW4_HOST: &str = "ALLOW4_HOST";
+pub const MAP_ALLOW4_NET: &str = "ALLOW4_NET";
+pub const MAP_ALLOW6_HOST: &str = "ALLOW6_HOST";
+pub const MAP_ALLOW6_NET: &str = "ALLOW6_NET";
+pub const MAP_BLOCK4_HOST: &str = "BLOCK4_HOST";
+pub const MAP_BLOCK4_NET: &str = "BLOCK4_NET";
+pub const MAP_BLOCK6_HOST: &str = "BLOCK6_HOST";
+pub const MAP_BLOCK6_NET: &str = "BLOCK6_NET";
+/// The XDP program's function name in the object.
+pub const PROGRAM_NAME: &str = "floodwall";
+
+// Capacities compiled into the object; the loader overrides the resizable ones from the config.
+pub const DEFAULT_HOST_ENTRIES: u32 = 1 << 20;
+pub const DEFAULT_NET_ENTRIES: u32 = 1 << 18;
+pub const DEFAULT_SOURCES: u32 = 1 << 17;
+pub const MAX_INTERFACES: u32 = 64;
+pub const COUNTER_ENTRIES: u32 = MAX_INTERFACES * Reason::COUNT as u32;
+pub const EVENT_RING_BYTES: u32 = 1 << 18;
+/// Sources remembered for drop-event deduplication.
+pub const EVENT_SEEN_ENTRIES: u32 = 8192;
+
+/// Address families as stored in keys and events.
+pub const FAMILY_V4: u32 = 4;
+pub const FAMILY_V6: u32 = 6;
+
+/// `Config::flags` bits.
+pub const FLAG_DRY_RUN: u32 = 1 << 0;
+/// Malformed frames pass instead of being dropped.
+pub const FLAG_MALFORMED_PASS: u32 = 1 << 1;
+
+/// `Config::lists` bits: which list maps hold entries, so empty ones cost no lookup.
+pub const LIST_ALLOW4_HOST: u32 = 1 << 0;
+pub const LIST_ALLOW4_NET: u32 = 1 << 1;
+pub const LIST_ALLOW6_HOST: u32 = 1 << 2;
+pub const LIST_ALLOW6_NET: u32 = 1 << 3;
+pub const LIST_BLOCK4_HOST: u32 = 1 << 4;
+pub const LIST_BLOCK4_NET: u32 = 1 << 5;
+pub const LIST_BLOCK6_HOST: u32 = 1 << 6;
+pub const LIST_BLOCK6_NET: u32 = 1 << 7;
+
+/// Slots of the `GLOBALS` array: one GCRA arrival time each.
+pub const GLOBAL_ADMISSION: u32 = 0;
+pub const GLOBAL_NEWCOMER: u32 = 1;
+pub const GLOBAL_PKT: u32 = 2;
+pub const GLOBAL_BYTE: u32 = 3;
+pub const GLOBAL_EVENTS: u32 = 4;
+pub const GLOBAL_SLOTS: u32 = 5;
+
+/// Slots of the per-CPU `MISC` counters: data-path health, not verdicts.
+pub const MISC_ADMITTED: u32 = 0;
+pub const MISC_EVENTS_SENT: u32 = 1;
+pub const MISC_EVENTS_SUPPRESSED: u32 = 2;
+pub const MISC_EVENTS_RING_FULL: u32 = 3;
+pub const MISC_CAS_EXHAUSTED: u32 = 4;
+pub const MISC_SOURCE_INSERT_FAILED: u32 = 5;
+pub const MISC_SLOTS: u32 = 6;
+pub const MISC_NAMES: [&str; MISC_SLOTS as usize] = [
+    "sources_admitted",
+    "events_sent",
+    "events_suppressed",
+    "events_ring_full",
+    "cas_retries_exhausted",
+    "source_insert_failed",
+];
+
+/// The live configuration: one record in the `CONFIG` array, rewritten by the controller
+/// without reloading the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// `LIST_*` bits.
+    pub lists: u32,
+    /// Source prefix length that keys per-source state, IPv4 (1..=32).
+    pub prefix4: u32,
+    /// Source prefix length that keys per-source state, IPv6 (1..=128).
+    pub prefix6: u32,
+    /// Per-source packet bucket.
+    pub source_pkt: Bucket,
+    /// Per-source byte bucket.
+    pub source_byte: Bucket,
+    /// How fast sources without state are given state of their own.
+    pub admission: Bucket,
+    /// The packet bucket shared by sources without state.
+    pub newcomer: Bucket,
+    /// Global packet cap.
+    pub global_pkt: Bucket,
+    /// Global byte cap.
+    pub global_byte: Bucket,
+    /// Global cap on drop events per second.
+    pub events: Bucket,
+    /// At most one drop event per source per this many ns.
+    pub event_interval_ns: u64,
+}
+const _: () = assert!(size_of::<Config>() == 16 + 7 * 16 + 8);
+
+impl Config {
+    pub const fn dry_run(&self) -> bool {
+        self.flags & FLAG_DRY_RUN != 0
+    }
+
+    pub const fn malformed_drops(&self) -> bool {
+        self.flags & FLAG_MALFORMED_PASS == 0
+    }
+
+    /// Whether the per-source limiter is on at all.
+    pub const fn limits_sources(&self) -> bool {
+        self.source_pkt.enabled() || self.source_byte.enabled()
+    }
+}
+
+/// Value of every allowlist and blocklist entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListEntry {
+    /// Expiry in `bpf_ktime_get_ns` time; 0 never expires.
+    pub expires_ns: u64,
+    /// The entry's own prefix length, so that when a prefix-trie match has expired the kernel
+    /// can look for a shorter prefix that still covers the address.
+    pub prefix_len: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ListEntry>() == 16);
+
+impl ListEntry {
+    /// An entry matches until its expiry, so the kernel honours TTLs by itself.
+    #[inline(always)]
+    pub const fn active(&self, now_ns: u64) -> bool {
+        self.expires_ns == 0 || now_ns < self.expires_ns
+    }
+}
+
+/// Key of per-source state: the source address masked to the configured prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u32,
+    /// IPv4 in the first 4 bytes, the rest zero; or IPv6. Network order.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<SourceKey>() == 20);
+
+/// Per-source state, updated lock-free by compare-and-swap and atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceState {
+    /// GCRA arrival time of the packet bucket.
+    pub tat_pkt: u64,
+    /// GCRA arrival time of the byte bucket.
+    pub tat_byte: u64,
+    pub passed: u64,
+    pub dropped: u64,
+}
+const _: () = assert!(size_of::<SourceState>() == 32);
+
+/// Key of the per-CPU verdict counters: which interface, which reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    pub ifindex: u32,
+    pub reason: u32,
+}
+const _: () = assert!(size_of::<CounterKey>() == 8);
+
+/// A counter pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// A sampled drop, sent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub reason: u32,
+    pub family: u32,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<DropEvent>() == 40);
+
+/// Masks `addr` (network order) to its first `prefix_len` bits, in place.
+#[inline(always)]
+pub fn mask_prefix(addr: &mut [u8; 16], prefix_len: u32) {
+    let mut i = 0;
+    while i < 16 {
+        let bit = (i as u32) * 8;
+        if bit >= prefix_len {
+            addr[i] = 0;
+        } else if prefix_len - bit < 8 {
+            addr[i] &= 0xffu8 << (8 - (prefix_len - bit));
+        }
+        i += 1;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is #[repr(C)], Copy, made only of integers and byte arrays, with no
+    // padding (checked by the size assertions above), so every bit pattern is valid.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ListEntry {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for SourceState {}
+    unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for DropEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_prefix_keeps_exactly_the_prefix() {
+        let mut a = [0xffu8; 16];
+        mask_prefix(&mut a, 0);
+        assert_eq!(a, [0; 16]);
+        let mut a = [0xffu8; 16];
+        mask_prefix(&mut a, 128);
+        assert_eq!(a, [0xff; 16]);
+        let mut a = [0xffu8; 16];
+        mask_prefix(&mut a, 20);
+        assert_eq!(&a[..4], &[0xff, 0xff, 0xf0, 0]);
+        assert!(a[3..].iter().all(|b| *b == 0));
+        let mut a = [0xffu8; 16];
+        mask_prefix(&mut a, 64);
+        assert_eq!(&a[..8], &[0xff; 8]);
+        assert_eq!(&a[8..], &[0; 8]);
+    }
+
+    #[test]
+    fn list_entry_expiry() {
+        assert!(
+            ListEntry {
+                expires_ns: 0,
+                ..Default::default()
+            }
+            .active(u64::MAX)
+        );
+        assert!(
+            ListEntry {
+                expires_ns: 10,
+                ..Default::default()
+            }
+            .active(9)
+        );
+        assert!(
+            !ListEntry {
+                expires_ns: 10,
+                ..Default::default()
+            }
+            .active(10)
+        );
+    }
+
+    #[test]
+    fn default_config_drops_malformed_and_enforces() {
+        let c = Config::default();
+        assert!(c.malformed_drops());
+        assert!(!c.dry_run());
+        assert!(!c.limits_sources());
+    }
+}

@@ -1,0 +1,159 @@
+//! `attach` and `detach`: the program's life on interfaces. The first attach loads and pins
+//! the program and restores lists and limits from the state directory; the last detach removes
+//! every pin (the state directory keeps everything for the next attach).
+
+use std::path::Path;
+
+use thiserror::Error;
+
+use crate::{
+    config::{ConfigError, FileConfig},
+    kernel::{self, AttachMode, KernelError},
+    limits::LimitsError,
+    lists::{self, ListError, list_bits},
+    paths::{Paths, PathsError},
+    state::{Lock, State, StateError},
+};
+
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Paths(#[from] PathsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    List(#[from] ListError),
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    #[error("no interface given: name one or more, or use --all")]
+    NoInterface,
+}
+
+impl AttachError {
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            AttachError::Kernel(
+                KernelError::UnknownInterface { .. }
+                    | KernelError::AlreadyAttached { .. }
+                    | KernelError::NotAttached { .. }
+                    | KernelError::NotLoaded
+            ) | AttachError::Config(_)
+                | AttachError::Limits(_)
+                | AttachError::NoInterface
+        )
+    }
+}
+
+/// Options of `attach`.
+pub struct AttachOptions<'a> {
+    pub mode: AttachMode,
+    /// An explicit config file: its limits replace the persisted ones.
+    pub config: Option<&'a Path>,
+    pub dry_run: bool,
+}
+
+/// Attaches to every interface or to none.
+pub fn attach(
+    paths: &Paths,
+    ifaces: &[String],
+    options: &AttachOptions<'_>,
+) -> Result<Vec<(String, AttachMode)>, AttachError> {
+    if ifaces.is_empty() {
+        return Err(AttachError::NoInterface);
+    }
+    for iface in ifaces {
+        if kernel::ifindex(iface).is_none() {
+            return Err(KernelError::UnknownInterface {
+                iface: iface.clone(),
+            }
+            .into());
+        }
+    }
+    let file = FileConfig::load(
+        options.config.unwrap_or(&paths.config),
+        options.config.is_some(),
+    )?;
+    paths.ensure_bpffs()?;
+    let _lock = Lock::acquire(paths)?;
+    let attached = paths.links()?;
+    if let Some(iface) = ifaces
+        .iter()
+        .find(|i| attached.iter().any(|(a, _, _)| a == *i))
+    {
+        return Err(KernelError::AlreadyAttached {
+            iface: iface.clone(),
+        }
+        .into());
+    }
+    let mut state = State::load(paths)?;
+    let loaded_now = !paths.is_loaded();
+    if loaded_now {
+        kernel::load(paths, &file.capacity)?;
+    }
+    let result = (|| -> Result<Vec<(String, AttachMode)>, AttachError> {
+        if loaded_now {
+            lists::restore(paths, &state)?;
+        }
+        let mut limits = match (options.config, state.limits.clone()) {
+            (None, Some(persisted)) => persisted,
+            _ => file.limits.clone(),
+        };
+        if options.dry_run {
+            limits.dry_run = true;
+        }
+        limits.validate()?;
+        kernel::write_config(paths, &limits.to_config(list_bits(&state)))?;
+        state.limits = Some(limits);
+        state.save(paths)?;
+        let mut done = Vec::new();
+        for iface in ifaces {
+            match kernel::attach(paths, iface, options.mode) {
+                Ok(mode) => done.push((iface.clone(), mode)),
+                Err(e) => {
+                    for (iface, _) in &done {
+                        let _ = kernel::detach(paths, iface);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(done)
+    })();
+    if result.is_err() && loaded_now {
+        let _ = kernel::unload(paths);
+    }
+    result
+}
+
+/// Detaches from the given interfaces (all must be attached), or from all. Returns what was
+/// detached.
+pub fn detach(paths: &Paths, ifaces: &[String], all: bool) -> Result<Vec<String>, AttachError> {
+    if ifaces.is_empty() && !all {
+        return Err(AttachError::NoInterface);
+    }
+    let _lock = Lock::acquire(paths)?;
+    let attached: Vec<String> = paths.links()?.into_iter().map(|(i, _, _)| i).collect();
+    let targets: Vec<String> = if all {
+        attached.clone()
+    } else {
+        if let Some(iface) = ifaces.iter().find(|i| !attached.contains(i)) {
+            return Err(KernelError::NotAttached {
+                iface: iface.clone(),
+            }
+            .into());
+        }
+        ifaces.to_vec()
+    };
+    for iface in &targets {
+        kernel::detach(paths, iface)?;
+    }
+    if paths.links()?.is_empty() && paths.is_loaded() {
+        kernel::unload(paths)?;
+    }
+    Ok(targets)
+}

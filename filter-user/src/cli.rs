@@ -1,0 +1,752 @@
+//! The `floodwall` command line: clap definitions and the handlers that print results.
+
+use std::{
+    io::{IsTerminal as _, Read as _},
+    path::PathBuf,
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+use filter_common::Reason;
+use serde_json::json;
+use thiserror::Error;
+
+use crate::{
+    attach::{self, AttachError, AttachOptions},
+    cidr::{Cidr, CidrError},
+    import::{self, ImportError},
+    kernel::{self, AttachMode, KernelError},
+    limits::{Limits, LimitsError, MalformedAction},
+    lists::{self, AddOptions, ListError, list_bits},
+    paths::Paths,
+    state::{ListKind, Lock, Origin, State, StateError, unix_now},
+    stats::{self, Stats},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "floodwall",
+    version,
+    about = "XDP flood filter: per-source limits and CIDR lists, enforced before the kernel spends anything on a packet"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the filter (first time) and attach it to interfaces
+    Attach {
+        #[arg(required = true, value_name = "IFACE")]
+        ifaces: Vec<String>,
+        /// XDP mode: native (driver), skb (generic), or auto (native, else skb)
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        mode: AttachMode,
+        /// Config file whose limits to apply (default: the persisted limits)
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Decide and count, but pass every packet
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Detach from interfaces; the last detach unloads the filter (lists and limits persist)
+    Detach {
+        #[arg(
+            value_name = "IFACE",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ifaces: Vec<String>,
+        /// Detach from every interface
+        #[arg(long)]
+        all: bool,
+    },
+    /// Interfaces, limits, list sizes and map fill levels
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The blocklist: sources dropped before anything else
+    #[command(subcommand)]
+    Block(ListCommand),
+    /// The allowlist: sources passed without any limit
+    #[command(subcommand)]
+    Allow(ListCommand),
+    /// Per-source and global limits
+    #[command(subcommand)]
+    Limit(LimitCommand),
+    /// Packets and bytes per reason and interface
+    Stats {
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECS seconds (default 1) and show rates per second
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<u64>,
+    },
+    /// The heaviest sources and their state
+    Top {
+        #[arg(short = 'n', default_value_t = 10)]
+        n: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListCommand {
+    /// Add addresses or CIDRs
+    Add {
+        #[arg(required = true, value_name = "CIDR")]
+        cidrs: Vec<String>,
+        /// Remove the entry after this long (30s, 10m, 2h, 1d)
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long)]
+        comment: Option<String>,
+        /// Block even a prefix that holds one of this host's own addresses
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove addresses or CIDRs
+    Del {
+        #[arg(required = true, value_name = "CIDR")]
+        cidrs: Vec<String>,
+    },
+    /// Show the entries, with time left and origin
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add every entry of a file (plain, ipset save, FireHOL, Spamhaus DROP), or - for stdin
+    Import {
+        #[arg(value_name = "FILE")]
+        file: String,
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove every entry
+    Flush,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitCommand {
+    /// Change limits live; flags not given keep their value
+    Set(LimitArgs),
+    /// Show the limits in force
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Packets per second per source (0: off)
+    #[arg(long)]
+    pps: Option<u64>,
+    /// Packets a source may send at once (0: one second's worth)
+    #[arg(long)]
+    burst: Option<u64>,
+    /// Bytes per second per source (0: off)
+    #[arg(long)]
+    bps: Option<u64>,
+    /// Bytes a source may send at once (0: one second's worth)
+    #[arg(long)]
+    burst_bytes: Option<u64>,
+    /// IPv4 prefix length that counts as one source
+    #[arg(long)]
+    prefix4: Option<u32>,
+    /// IPv6 prefix length that counts as one source
+    #[arg(long)]
+    prefix6: Option<u32>,
+    /// Total packets per second (0: no cap)
+    #[arg(long)]
+    global_pps: Option<u64>,
+    /// Total bytes per second (0: no cap)
+    #[arg(long)]
+    global_bps: Option<u64>,
+    /// New sources given their own state per second (0: all)
+    #[arg(long)]
+    new_sources: Option<u64>,
+    /// Packets per second shared by sources still without state
+    #[arg(long)]
+    newcomer_pps: Option<u64>,
+    /// Pass everything but count what would be dropped
+    #[arg(long)]
+    dry_run: Option<bool>,
+    /// What to do with frames that cannot be parsed
+    #[arg(long, value_enum)]
+    malformed: Option<MalformedAction>,
+}
+
+/// Parses `30s`, `10m`, `2h`, `1d`, `1w` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || {
+        format!("`{text}` is not a duration: use a number with s, m, h, d or w (30s, 10m, 2h, 1d)")
+    };
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    if number == 0 {
+        return Err(format!("`{text}`: a TTL must be at least one second"));
+    }
+    number
+        .checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
+}
+
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error(transparent)]
+    List(#[from] ListError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Cidr(#[from] CidrError),
+    #[error("{source}")]
+    Import {
+        #[from]
+        source: ImportError,
+    },
+    #[error("{source}")]
+    Limits {
+        #[from]
+        source: LimitsError,
+    },
+    #[error("cannot read `{path}`: {source}")]
+    ReadFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write to stdout: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// 2 for bad usage or input, 1 for failures of the system.
+    pub fn exit_code(&self) -> i32 {
+        let bad_input = match self {
+            CliError::Attach(e) => e.is_bad_input(),
+            CliError::List(e) => {
+                e.is_bad_input() || matches!(e, ListError::Kernel(KernelError::NotLoaded))
+            }
+            CliError::Kernel(e) => matches!(e, KernelError::NotLoaded),
+            CliError::Cidr(_) | CliError::Import { .. } | CliError::Limits { .. } => true,
+            CliError::ReadFile { .. } => true,
+            CliError::State(_) | CliError::Output(_) => false,
+        };
+        if bad_input { 2 } else { 1 }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let paths = Paths::from_env();
+    match cli.command {
+        Command::Attach {
+            ifaces,
+            mode,
+            config,
+            dry_run,
+        } => {
+            let options = AttachOptions {
+                mode,
+                config: config.as_deref(),
+                dry_run,
+            };
+            for (iface, mode) in attach::attach(&paths, &ifaces, &options)? {
+                println!("attached to {iface} ({} mode)", mode.name());
+            }
+        }
+        Command::Detach { ifaces, all } => {
+            let detached = attach::detach(&paths, &ifaces, all)?;
+            if detached.is_empty() {
+                println!("floodwall was not attached anywhere");
+            }
+            for iface in detached {
+                println!("detached from {iface}");
+            }
+        }
+        Command::Status { json } => status(&paths, json)?,
+        Command::Block(cmd) => list_command(&paths, ListKind::Block, cmd)?,
+        Command::Allow(cmd) => list_command(&paths, ListKind::Allow, cmd)?,
+        Command::Limit(LimitCommand::Set(args)) => limit_set(&paths, &args)?,
+        Command::Limit(LimitCommand::Show { json }) => limit_show(&paths, json)?,
+        Command::Stats { json, watch } => stats_command(&paths, json, watch)?,
+        Command::Top { n, json } => top(&paths, n, json)?,
+    }
+    Ok(())
+}
+
+fn parse_cidrs(items: &[String]) -> Result<Vec<Cidr>, CliError> {
+    items
+        .iter()
+        .map(|s| s.parse::<Cidr>().map_err(CliError::from))
+        .collect()
+}
+
+fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.into()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), CliError> {
+    match cmd {
+        ListCommand::Add {
+            cidrs,
+            ttl,
+            comment,
+            force,
+        } => {
+            let cidrs = parse_cidrs(&cidrs)?;
+            let options = AddOptions {
+                ttl,
+                comment: comment.as_deref(),
+                origin: Origin::Manual,
+                force,
+            };
+            let new = lists::add(paths, kind, &cidrs, &options, &|_| {})?;
+            println!(
+                "{} on the {}: {new} new, {} updated",
+                cidrs.len(),
+                kind.name(),
+                cidrs.len() - new
+            );
+        }
+        ListCommand::Del { cidrs } => {
+            let cidrs = parse_cidrs(&cidrs)?;
+            lists::del(paths, kind, &cidrs)?;
+            println!("removed {} from the {}", cidrs.len(), kind.name());
+        }
+        ListCommand::List { json } => {
+            let records = lists::list(paths, kind)?;
+            let now = unix_now();
+            if json {
+                let items: Vec<_> = records
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "cidr": r.cidr.to_string(),
+                            "origin": r.origin.name(),
+                            "comment": r.comment,
+                            "added_at": r.added_at,
+                            "expires_at": r.expires_at,
+                            "ttl_left_secs": r.expires_at.map(|t| t.saturating_sub(now)),
+                        })
+                    })
+                    .collect();
+                print_json(&json!(items))?;
+            } else {
+                println!("{:<43} {:>10} {:<8} COMMENT", "CIDR", "TTL LEFT", "ORIGIN");
+                for r in &records {
+                    let left = r
+                        .expires_at
+                        .map_or_else(|| "-".to_owned(), |t| format_secs(t.saturating_sub(now)));
+                    println!(
+                        "{:<43} {:>10} {:<8} {}",
+                        r.cidr.to_string(),
+                        left,
+                        r.origin.name(),
+                        r.comment.as_deref().unwrap_or("")
+                    );
+                }
+                println!("{} entries", records.len());
+            }
+        }
+        ListCommand::Import {
+            file,
+            ttl,
+            comment,
+            force,
+        } => {
+            let text = if file == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|source| CliError::ReadFile {
+                        path: file.clone(),
+                        source,
+                    })?;
+                text
+            } else {
+                std::fs::read_to_string(&file).map_err(|source| CliError::ReadFile {
+                    path: file.clone(),
+                    source,
+                })?
+            };
+            let cidrs = import::parse_list(&text)?;
+            let options = AddOptions {
+                ttl,
+                comment: comment.as_deref(),
+                origin: Origin::Import,
+                force,
+            };
+            let total = cidrs.len();
+            let show = std::io::stderr().is_terminal() && total > 65_536;
+            let progress = |done: usize| {
+                if show {
+                    eprint!("\rimporting: {done}/{total}");
+                }
+            };
+            let new = lists::add(paths, kind, &cidrs, &options, &progress)?;
+            if show {
+                eprintln!();
+            }
+            println!(
+                "imported {total} entries into the {}: {new} new, {} updated",
+                kind.name(),
+                total - new
+            );
+        }
+        ListCommand::Flush => {
+            let n = lists::flush(paths, kind)?;
+            println!("removed {n} entries from the {}", kind.name());
+        }
+    }
+    Ok(())
+}
+
+fn format_secs(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn current_limits(paths: &Paths) -> Result<Limits, CliError> {
+    if !paths.is_loaded() {
+        return Err(KernelError::NotLoaded.into());
+    }
+    Ok(State::load(paths)?.limits.unwrap_or_default())
+}
+
+fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError> {
+    if !paths.is_loaded() {
+        return Err(KernelError::NotLoaded.into());
+    }
+    let _lock = Lock::acquire(paths)?;
+    let mut state = State::load(paths)?;
+    let mut limits = state.limits.clone().unwrap_or_default();
+    macro_rules! apply {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field { limits.$field = v; } )* };
+    }
+    apply!(
+        pps,
+        burst,
+        bps,
+        burst_bytes,
+        prefix4,
+        prefix6,
+        global_pps,
+        global_bps,
+        new_sources,
+        newcomer_pps,
+        dry_run,
+        malformed
+    );
+    limits.validate()?;
+    let old = state.limits.replace(limits.clone());
+    kernel::write_config(paths, &limits.to_config(list_bits(&state)))?;
+    if let Err(e) = state.save(paths) {
+        let old = old.unwrap_or_default();
+        let _ = kernel::write_config(paths, &old.to_config(list_bits(&state)));
+        return Err(e.into());
+    }
+    print_limits(&limits);
+    Ok(())
+}
+
+fn print_limits(l: &Limits) {
+    let off = |v: u64, unit: &str| {
+        if v == 0 {
+            "off".to_owned()
+        } else {
+            format!("{v} {unit}")
+        }
+    };
+    println!(
+        "per source:  {} (burst {}), {} (burst {})",
+        off(l.pps, "pps"),
+        l.effective_burst(),
+        off(l.bps, "B/s"),
+        l.effective_burst_bytes()
+    );
+    println!("source key:  IPv4 /{}, IPv6 /{}", l.prefix4, l.prefix6);
+    println!(
+        "admission:   {} new sources/s; newcomers share {}",
+        l.new_sources,
+        off(l.newcomer_pps, "pps")
+    );
+    println!(
+        "global caps: {}, {}",
+        off(l.global_pps, "pps"),
+        off(l.global_bps, "B/s")
+    );
+    println!(
+        "malformed:   {:?}; dry-run: {}",
+        l.malformed,
+        if l.dry_run { "on" } else { "off" }
+    );
+}
+
+fn limit_show(paths: &Paths, json: bool) -> Result<(), CliError> {
+    let limits = current_limits(paths)?;
+    if json {
+        print_json(&serde_json::to_value(&limits).map_err(|e| CliError::Output(e.into()))?)?;
+    } else {
+        print_limits(&limits);
+    }
+    Ok(())
+}
+
+fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
+    let links = paths.links().map_err(|e| {
+        CliError::Kernel(KernelError::Pin {
+            path: paths.bpffs.clone(),
+            detail: e.to_string(),
+        })
+    })?;
+    if !paths.is_loaded() {
+        if json {
+            return print_json(&json!({ "loaded": false, "interfaces": [] }));
+        }
+        println!("floodwall is not attached: run `floodwall attach IFACE`");
+        return Ok(());
+    }
+    let state = State::load(paths)?;
+    let limits = state.limits.clone().unwrap_or_default();
+    let fill = kernel::map_fill(paths)?;
+    let config = kernel::read_config(paths)?;
+    if json {
+        let ifaces: Vec<_> = links
+            .iter()
+            .map(|(iface, mode, _)| json!({ "iface": iface, "mode": mode }))
+            .collect();
+        return print_json(&json!({
+            "loaded": true,
+            "interfaces": ifaces,
+            "dry_run": config.dry_run(),
+            "limits": limits,
+            "lists": {
+                "allow": state.allow.len(),
+                "block": state.block.len(),
+            },
+            "maps": fill,
+        }));
+    }
+    println!("attached:");
+    for (iface, mode, _) in &links {
+        println!("  {iface:<16} {mode}");
+    }
+    println!(
+        "dry-run:     {}",
+        if config.dry_run() {
+            "ON (nothing is dropped)"
+        } else {
+            "off"
+        }
+    );
+    print_limits(&limits);
+    println!(
+        "lists:       {} allowed, {} blocked",
+        state.allow.len(),
+        state.block.len()
+    );
+    println!("maps:");
+    for m in &fill {
+        let pct = if m.capacity == 0 {
+            0.0
+        } else {
+            m.entries as f64 * 100.0 / f64::from(m.capacity)
+        };
+        println!(
+            "  {:<12} {:>9} / {:<9} {pct:5.1}%",
+            m.name, m.entries, m.capacity
+        );
+    }
+    Ok(())
+}
+
+fn stats_command(paths: &Paths, json: bool, watch: Option<u64>) -> Result<(), CliError> {
+    let Some(secs) = watch else {
+        let stats = Stats::read(paths)?;
+        if json {
+            print_json(&serde_json::to_value(&stats).map_err(|e| CliError::Output(e.into()))?)?;
+        } else {
+            print_stats(&stats, None, 0.0);
+        }
+        return Ok(());
+    };
+    let interval = Duration::from_secs(secs.max(1));
+    let mut prev = Stats::read(paths)?;
+    loop {
+        std::thread::sleep(interval);
+        let cur = Stats::read(paths)?;
+        if json {
+            let rates: serde_json::Map<String, serde_json::Value> = Reason::ALL
+                .iter()
+                .map(|r| {
+                    let d = cur.totals[r.name()].packets - prev.totals[r.name()].packets;
+                    (
+                        r.name().to_owned(),
+                        json!(d as f64 / interval.as_secs_f64()),
+                    )
+                })
+                .collect();
+            println!("{}", json!({ "totals": cur.totals, "pps": rates }));
+        } else {
+            print_stats(&cur, Some(&prev), interval.as_secs_f64());
+        }
+        prev = cur;
+    }
+}
+
+fn print_stats(stats: &Stats, prev: Option<&Stats>, secs: f64) {
+    let rate = |name: &str, cur: u64| -> String {
+        prev.map_or_else(String::new, |p| {
+            format!("{:>12.0}/s", (cur - p.totals[name].packets) as f64 / secs)
+        })
+    };
+    println!("{:<12} {:>14} {:>16}", "REASON", "PACKETS", "BYTES");
+    for r in Reason::ALL {
+        let c = stats.totals[r.name()];
+        println!(
+            "{:<12} {:>14} {:>16}{}",
+            r.name(),
+            c.packets,
+            c.bytes,
+            rate(r.name(), c.packets)
+        );
+    }
+    for iface in &stats.interfaces {
+        let summary: Vec<String> = iface
+            .reasons
+            .iter()
+            .filter(|(_, c)| c.packets > 0)
+            .map(|(n, c)| format!("{n}={}", c.packets))
+            .collect();
+        println!("{}: {}", iface.iface, summary.join(" "));
+    }
+    let health: Vec<String> = stats
+        .health
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    if !health.is_empty() {
+        println!("data path: {}", health.join(" "));
+    }
+}
+
+fn top(paths: &Paths, n: usize, json: bool) -> Result<(), CliError> {
+    let limits = current_limits(paths)?;
+    let sources = stats::top(paths, n, limits.prefix4, limits.prefix6)?;
+    if json {
+        return print_json(
+            &serde_json::to_value(&sources).map_err(|e| CliError::Output(e.into()))?,
+        );
+    }
+    println!("{:<43} {:>14} {:>14}", "SOURCE", "PASSED", "DROPPED");
+    for s in &sources {
+        println!("{:<43} {:>14} {:>14}", s.source, s.passed, s.dropped);
+    }
+    if sources.is_empty() {
+        println!(
+            "no source has limiter state (per-source limits are off until `floodwall limit set --pps N`)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        for bad in ["", "s", "1x", "-1s", "0s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_commands() {
+        for args in [
+            &[
+                "floodwall",
+                "attach",
+                "eth0",
+                "eth1",
+                "--mode",
+                "skb",
+                "--dry-run",
+            ][..],
+            &["floodwall", "detach", "--all"],
+            &[
+                "floodwall",
+                "block",
+                "add",
+                "10.0.0.0/8",
+                "--ttl",
+                "1h",
+                "--comment",
+                "x",
+            ],
+            &["floodwall", "allow", "import", "-"],
+            &[
+                "floodwall",
+                "limit",
+                "set",
+                "--pps",
+                "100",
+                "--burst",
+                "10",
+                "--prefix6",
+                "56",
+            ],
+            &["floodwall", "stats", "--watch"],
+            &["floodwall", "stats", "--watch", "5", "--json"],
+            &["floodwall", "top", "-n", "5", "--json"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        assert!(Cli::try_parse_from(["floodwall", "detach"]).is_err());
+        assert!(Cli::try_parse_from(["floodwall", "attach", "--mode", "fast", "eth0"]).is_err());
+    }
+}

@@ -1,0 +1,595 @@
+//! The pinned kernel side: loading and pinning the program and its maps, attaching it to
+//! interfaces, and typed handles on the pinned maps for the short-lived commands.
+
+use std::{fs, net::IpAddr, path::PathBuf};
+
+use aya::{
+    EbpfLoader,
+    maps::{
+        Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
+        PerCpuHashMap, lpm_trie::Key,
+    },
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use aya_obj::programs::XdpAttachType;
+use filter_common::{
+    Config, Counter, CounterKey, ListEntry, MAP_ALLOW4_HOST, MAP_ALLOW4_NET, MAP_ALLOW6_HOST,
+    MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_CONFIG,
+    MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS, MAP_GLOBALS, MAP_MISC, MAP_SOURCES, PROGRAM_NAME,
+    SourceKey, SourceState,
+};
+use thiserror::Error;
+
+use crate::{PROGRAM_OBJECT, cidr::Cidr, config::Capacity, paths::Paths, state::ListKind};
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error("floodwall is not attached: run `floodwall attach IFACE` first")]
+    NotLoaded,
+    #[error("interface `{iface}` does not exist (see `ip link`)")]
+    UnknownInterface { iface: String },
+    #[error("floodwall is already attached to `{iface}`; run `floodwall detach {iface}` first")]
+    AlreadyAttached { iface: String },
+    #[error("floodwall is not attached to `{iface}` (see `floodwall status`)")]
+    NotAttached { iface: String },
+    #[error("cannot load the XDP program: {source}{hint}")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+        hint: &'static str,
+    },
+    #[error("the kernel refused the XDP program: {source}{hint}")]
+    Verify {
+        #[source]
+        source: Box<ProgramError>,
+        hint: &'static str,
+    },
+    #[error("cannot attach to `{iface}` in {mode} mode: {source}{hint}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+        hint: &'static str,
+    },
+    #[error("cannot pin `{path}`: {detail}")]
+    Pin { path: PathBuf, detail: String },
+    #[error("cannot detach from `{iface}`: {detail}")]
+    Detach { iface: String, detail: String },
+    #[error(
+        "cannot open pinned map `{name}`: {source}; if floodwall was upgraded, detach and attach again"
+    )]
+    OpenMap {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "{list} is full ({capacity} entries of this kind): raise the capacity in the config file, then detach and attach"
+    )]
+    Full { list: &'static str, capacity: u32 },
+    #[error("cannot update map `{name}`: {source}")]
+    Update {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+const PERMISSION_HINT: &str =
+    "; loading XDP programs needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON";
+
+fn permission_hint(denied: bool) -> &'static str {
+    if denied { PERMISSION_HINT } else { "" }
+}
+
+fn is_permission_denied(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// How the program was attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic (skb) mode where the driver lacks XDP.
+    Auto,
+    /// Driver mode: fastest; fails if the driver has no XDP support.
+    Native,
+    /// Generic mode: works everywhere, after the kernel has built an skb.
+    Skb,
+}
+
+impl AttachMode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
+pub fn ifindex(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+pub fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as the call requires.
+    let ptr = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Loads the program with its maps sized by `capacity`, pins it and every map, and writes the
+/// initial configuration. Called by the first `attach`.
+pub fn load(paths: &Paths, capacity: &Capacity) -> Result<(), KernelError> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&paths.bpffs);
+    for (name, size) in [
+        (MAP_ALLOW4_HOST, capacity.allow_hosts),
+        (MAP_ALLOW6_HOST, capacity.allow_hosts),
+        (MAP_ALLOW4_NET, capacity.allow_nets),
+        (MAP_ALLOW6_NET, capacity.allow_nets),
+        (MAP_BLOCK4_HOST, capacity.block_hosts),
+        (MAP_BLOCK6_HOST, capacity.block_hosts),
+        (MAP_BLOCK4_NET, capacity.block_nets),
+        (MAP_BLOCK6_NET, capacity.block_nets),
+        (MAP_SOURCES, capacity.sources),
+    ] {
+        loader.map_max_entries(name, size);
+    }
+    let mut ebpf = loader
+        .load(PROGRAM_OBJECT)
+        .map_err(|source| KernelError::Load {
+            hint: permission_hint(is_permission_denied(&source)),
+            source: Box::new(source),
+        })?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| KernelError::Pin {
+            path: paths.program_pin(),
+            detail: format!("program `{PROGRAM_NAME}` missing from the embedded object"),
+        })?;
+    program.load().map_err(|source| KernelError::Verify {
+        hint: permission_hint(is_permission_denied(&source)),
+        source: Box::new(source),
+    })?;
+    program
+        .pin(paths.program_pin())
+        .map_err(|e| KernelError::Pin {
+            path: paths.program_pin(),
+            detail: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// Removes every pin: the program and maps go away with the last reference.
+pub fn unload(paths: &Paths) -> Result<(), KernelError> {
+    for name in MAP_NAMES {
+        remove_pin(paths.map_pin(name))?;
+    }
+    remove_pin(paths.program_pin())?;
+    // Only empties the directory we own; ignore a directory that holds something else.
+    let _ = fs::remove_dir(&paths.bpffs);
+    Ok(())
+}
+
+fn remove_pin(path: PathBuf) -> Result<(), KernelError> {
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(KernelError::Pin {
+            path,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Every map the program pins.
+pub const MAP_NAMES: [&str; 15] = [
+    MAP_CONFIG,
+    MAP_COUNTERS,
+    MAP_MISC,
+    MAP_GLOBALS,
+    MAP_SOURCES,
+    MAP_EVENTS,
+    MAP_EVENT_SEEN,
+    MAP_ALLOW4_HOST,
+    MAP_ALLOW4_NET,
+    MAP_ALLOW6_HOST,
+    MAP_ALLOW6_NET,
+    MAP_BLOCK4_HOST,
+    MAP_BLOCK4_NET,
+    MAP_BLOCK6_HOST,
+    MAP_BLOCK6_NET,
+];
+
+/// Attaches the pinned program to `iface` and pins the link. Returns the mode it got.
+pub fn attach(paths: &Paths, iface: &str, mode: AttachMode) -> Result<AttachMode, KernelError> {
+    if ifindex(iface).is_none() {
+        return Err(KernelError::UnknownInterface {
+            iface: iface.to_owned(),
+        });
+    }
+    if paths
+        .links()
+        .map_err(|e| KernelError::Pin {
+            path: paths.bpffs.clone(),
+            detail: e.to_string(),
+        })?
+        .iter()
+        .any(|(i, _, _)| i == iface)
+    {
+        return Err(KernelError::AlreadyAttached {
+            iface: iface.to_owned(),
+        });
+    }
+    let mut program = Xdp::from_pin(paths.program_pin(), XdpAttachType::Interface)
+        .map_err(|_| KernelError::NotLoaded)?;
+    let tries: &[AttachMode] = match mode {
+        AttachMode::Auto => &[AttachMode::Native, AttachMode::Skb],
+        AttachMode::Native => &[AttachMode::Native],
+        AttachMode::Skb => &[AttachMode::Skb],
+    };
+    let mut last_err = None;
+    for &try_mode in tries {
+        let xdp_mode = match try_mode {
+            AttachMode::Skb => XdpMode::Skb,
+            _ => XdpMode::Driver,
+        };
+        match program.attach(iface, xdp_mode) {
+            Ok(link_id) => {
+                let link = program
+                    .take_link(link_id)
+                    .map_err(|e| KernelError::Attach {
+                        iface: iface.to_owned(),
+                        mode: try_mode.name(),
+                        hint: "",
+                        source: Box::new(e),
+                    })?;
+                let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+                    KernelError::Pin {
+                        path: paths.link_pin(try_mode.name(), iface),
+                        detail: format!("the kernel attached without a bpf_link ({e}); this kernel is too old for floodwall"),
+                    }
+                })?;
+                let path = paths.link_pin(try_mode.name(), iface);
+                link.pin(&path).map_err(|e| KernelError::Pin {
+                    path,
+                    detail: e.to_string(),
+                })?;
+                return Ok(try_mode);
+            }
+            Err(e) => last_err = Some((try_mode, e)),
+        }
+    }
+    let (failed_mode, source) = last_err.ok_or(KernelError::NotLoaded)?;
+    Err(KernelError::Attach {
+        iface: iface.to_owned(),
+        mode: failed_mode.name(),
+        hint: permission_hint(is_permission_denied(&source)),
+        source: Box::new(source),
+    })
+}
+
+/// Unpins the link of `iface`; the kernel detaches when the last reference goes.
+pub fn detach(paths: &Paths, iface: &str) -> Result<(), KernelError> {
+    let links = paths.links().map_err(|e| KernelError::Detach {
+        iface: iface.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let Some((_, _, path)) = links.into_iter().find(|(i, _, _)| i == iface) else {
+        return Err(KernelError::NotAttached {
+            iface: iface.to_owned(),
+        });
+    };
+    let link = PinnedLink::from_pin(&path).map_err(|e| KernelError::Detach {
+        iface: iface.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let link = link.unpin().map_err(|e| KernelError::Detach {
+        iface: iface.to_owned(),
+        detail: e.to_string(),
+    })?;
+    drop(link);
+    Ok(())
+}
+
+fn open(paths: &Paths, name: &'static str) -> Result<Map, KernelError> {
+    if !paths.is_loaded() {
+        return Err(KernelError::NotLoaded);
+    }
+    let data = MapData::from_pin(paths.map_pin(name))
+        .map_err(|source| KernelError::OpenMap { name, source })?;
+    Map::from_map_data(data).map_err(|source| KernelError::OpenMap { name, source })
+}
+
+fn open_as<T: TryFrom<Map, Error = MapError>>(
+    paths: &Paths,
+    name: &'static str,
+) -> Result<T, KernelError> {
+    T::try_from(open(paths, name)?).map_err(|source| KernelError::OpenMap { name, source })
+}
+
+/// Capacity and current size of one bounded map.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+/// The configuration record.
+pub fn read_config(paths: &Paths) -> Result<Config, KernelError> {
+    let array: Array<MapData, Config> = open_as(paths, MAP_CONFIG)?;
+    array.get(&0, 0).map_err(|source| KernelError::OpenMap {
+        name: MAP_CONFIG,
+        source,
+    })
+}
+
+pub fn write_config(paths: &Paths, config: &Config) -> Result<(), KernelError> {
+    let mut array: Array<MapData, Config> = open_as(paths, MAP_CONFIG)?;
+    array
+        .set(0, config, 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_CONFIG,
+            source,
+        })
+}
+
+/// Resets the global buckets, so a new configuration starts from full bursts.
+pub fn reset_globals(paths: &Paths) -> Result<(), KernelError> {
+    let mut array: Array<MapData, u64> = open_as(paths, MAP_GLOBALS)?;
+    for i in 0..array.len() {
+        array.set(i, 0, 0).map_err(|source| KernelError::Update {
+            name: MAP_GLOBALS,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Verdict counters summed over CPUs: (ifindex, reason) → counter.
+pub fn read_counters(paths: &Paths) -> Result<Vec<(CounterKey, Counter)>, KernelError> {
+    let map: PerCpuHashMap<MapData, CounterKey, Counter> = open_as(paths, MAP_COUNTERS)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (key, values) = item.map_err(|source| KernelError::OpenMap {
+            name: MAP_COUNTERS,
+            source,
+        })?;
+        let mut sum = Counter::default();
+        for v in values.iter() {
+            sum.packets += v.packets;
+            sum.bytes += v.bytes;
+        }
+        out.push((key, sum));
+    }
+    Ok(out)
+}
+
+/// Data-path health counters summed over CPUs, by `MISC_*` slot.
+pub fn read_misc(paths: &Paths) -> Result<Vec<u64>, KernelError> {
+    let map: PerCpuArray<MapData, u64> = open_as(paths, MAP_MISC)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let values = item.map_err(|source| KernelError::OpenMap {
+            name: MAP_MISC,
+            source,
+        })?;
+        out.push(values.iter().sum());
+    }
+    Ok(out)
+}
+
+/// Every tracked source and its state.
+pub fn read_sources(paths: &Paths) -> Result<Vec<(SourceKey, SourceState)>, KernelError> {
+    let map: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        match item {
+            Ok(kv) => out.push(kv),
+            // An LRU entry evicted while iterating: skip it.
+            Err(MapError::KeyNotFound) => continue,
+            Err(source) => {
+                return Err(KernelError::OpenMap {
+                    name: MAP_SOURCES,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fill level of every bounded map that grows at run time.
+pub fn map_fill(paths: &Paths) -> Result<Vec<MapFill>, KernelError> {
+    let mut out = Vec::new();
+    for name in [
+        MAP_ALLOW4_HOST,
+        MAP_ALLOW4_NET,
+        MAP_ALLOW6_HOST,
+        MAP_ALLOW6_NET,
+        MAP_BLOCK4_HOST,
+        MAP_BLOCK4_NET,
+        MAP_BLOCK6_HOST,
+        MAP_BLOCK6_NET,
+        MAP_SOURCES,
+        MAP_COUNTERS,
+        MAP_EVENT_SEEN,
+    ] {
+        let data = MapData::from_pin(paths.map_pin(name))
+            .map_err(|source| KernelError::OpenMap { name, source })?;
+        let capacity = data
+            .info()
+            .map_err(|source| KernelError::OpenMap { name, source })?
+            .max_entries();
+        let map =
+            Map::from_map_data(data).map_err(|source| KernelError::OpenMap { name, source })?;
+        let entries = count_keys(&map);
+        out.push(MapFill {
+            name,
+            entries,
+            capacity,
+        });
+    }
+    Ok(out)
+}
+
+fn count_keys(map: &Map) -> u64 {
+    let data = match map {
+        Map::HashMap(d) | Map::LpmTrie(d) | Map::LruHashMap(d) | Map::PerCpuHashMap(d) => d,
+        _ => return 0,
+    };
+    let mut n = 0;
+    let mut key: Option<Vec<u8>> = None;
+    let key_size = data.info().map_or(0, |i| i.key_size()) as usize;
+    let fd = data.fd();
+    loop {
+        let mut next = vec![0u8; key_size];
+        if !crate::sys::map_next_key(fd, key.as_deref(), &mut next) {
+            return n;
+        }
+        n += 1;
+        key = Some(next);
+    }
+}
+
+/// The four maps of one list.
+pub struct ListMaps {
+    kind: ListKind,
+    host4: HashMap<MapData, [u8; 4], ListEntry>,
+    net4: LpmTrie<MapData, [u8; 4], ListEntry>,
+    host6: HashMap<MapData, [u8; 16], ListEntry>,
+    net6: LpmTrie<MapData, [u8; 16], ListEntry>,
+}
+
+impl ListMaps {
+    pub fn open(paths: &Paths, kind: ListKind) -> Result<ListMaps, KernelError> {
+        let [h4, n4, h6, n6] = names(kind);
+        Ok(ListMaps {
+            kind,
+            host4: open_as(paths, h4)?,
+            net4: open_as(paths, n4)?,
+            host6: open_as(paths, h6)?,
+            net6: open_as(paths, n6)?,
+        })
+    }
+
+    pub fn insert(&mut self, cidr: &Cidr, entry: &ListEntry) -> Result<(), KernelError> {
+        let [h4, n4, h6, n6] = names(self.kind);
+        let entry = ListEntry {
+            prefix_len: u32::from(cidr.prefix_len()),
+            ..*entry
+        };
+        let (name, result) = match (cidr.addr(), cidr.is_host()) {
+            (IpAddr::V4(a), true) => (h4, self.host4.insert(a.octets(), entry, 0)),
+            (IpAddr::V4(a), false) => (
+                n4,
+                self.net4.insert(
+                    &Key::new(u32::from(cidr.prefix_len()), a.octets()),
+                    entry,
+                    0,
+                ),
+            ),
+            (IpAddr::V6(a), true) => (h6, self.host6.insert(a.octets(), entry, 0)),
+            (IpAddr::V6(a), false) => (
+                n6,
+                self.net6.insert(
+                    &Key::new(u32::from(cidr.prefix_len()), a.octets()),
+                    entry,
+                    0,
+                ),
+            ),
+        };
+        result.map_err(|source| full_or_update(name, source, self.capacity(name)))
+    }
+
+    pub fn remove(&mut self, cidr: &Cidr) -> Result<(), KernelError> {
+        let [h4, n4, h6, n6] = names(self.kind);
+        let (name, result) = match (cidr.addr(), cidr.is_host()) {
+            (IpAddr::V4(a), true) => (h4, self.host4.remove(&a.octets())),
+            (IpAddr::V4(a), false) => (
+                n4,
+                self.net4
+                    .remove(&Key::new(u32::from(cidr.prefix_len()), a.octets())),
+            ),
+            (IpAddr::V6(a), true) => (h6, self.host6.remove(&a.octets())),
+            (IpAddr::V6(a), false) => (
+                n6,
+                self.net6
+                    .remove(&Key::new(u32::from(cidr.prefix_len()), a.octets())),
+            ),
+        };
+        match result {
+            Ok(()) | Err(MapError::KeyNotFound) | Err(MapError::ElementNotFound) => Ok(()),
+            Err(source) => Err(KernelError::Update { name, source }),
+        }
+    }
+
+    fn capacity(&self, name: &str) -> u32 {
+        let [h4, n4, h6, _] = names(self.kind);
+        let info = if name == h4 {
+            self.host4.map().info()
+        } else if name == n4 {
+            self.net4.map().info()
+        } else if name == h6 {
+            self.host6.map().info()
+        } else {
+            self.net6.map().info()
+        };
+        info.map_or(0, |i| i.max_entries())
+    }
+}
+
+fn names(kind: ListKind) -> [&'static str; 4] {
+    match kind {
+        ListKind::Allow => [
+            MAP_ALLOW4_HOST,
+            MAP_ALLOW4_NET,
+            MAP_ALLOW6_HOST,
+            MAP_ALLOW6_NET,
+        ],
+        ListKind::Block => [
+            MAP_BLOCK4_HOST,
+            MAP_BLOCK4_NET,
+            MAP_BLOCK6_HOST,
+            MAP_BLOCK6_NET,
+        ],
+    }
+}
+
+fn full_or_update(name: &'static str, source: MapError, capacity: u32) -> KernelError {
+    let full = matches!(&source, MapError::SyscallError(e)
+        if matches!(e.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM)));
+    if full {
+        KernelError::Full {
+            list: name,
+            capacity,
+        }
+    } else {
+        KernelError::Update { name, source }
+    }
+}

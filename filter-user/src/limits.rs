@@ -1,0 +1,207 @@
+//! Limits as the operator states them (rates, bursts, prefixes) and their translation into the
+//! kernel's configuration record.
+
+use filter_common::{Bucket, Config, FLAG_DRY_RUN, FLAG_MALFORMED_PASS};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// What happens to frames that cannot be parsed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MalformedAction {
+    #[default]
+    Drop,
+    Pass,
+}
+
+/// The live policy. Every rate of 0 switches that limit off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Packets per second per source (0: no per-source packet limit).
+    pub pps: u64,
+    /// Packets a source may send at once; 0 means one second's worth (`pps`).
+    pub burst: u64,
+    /// Bytes per second per source (0: no per-source byte limit).
+    pub bps: u64,
+    /// Bytes a source may send at once; 0 means one second's worth (`bps`).
+    pub burst_bytes: u64,
+    /// IPv4 prefix that counts as one source.
+    pub prefix4: u32,
+    /// IPv6 prefix that counts as one source (one host owns a /64).
+    pub prefix6: u32,
+    /// Total packets per second over every source (0: no cap).
+    pub global_pps: u64,
+    /// Total bytes per second over every source (0: no cap).
+    pub global_bps: u64,
+    /// New sources given state of their own per second (0: every new source, which a spoofed
+    /// flood turns into one state insert per packet).
+    pub new_sources: u64,
+    /// Packets per second shared by all sources still waiting for state.
+    pub newcomer_pps: u64,
+    /// Make every decision and count it, but pass everything.
+    pub dry_run: bool,
+    /// What to do with frames that cannot be parsed.
+    pub malformed: MalformedAction,
+    /// Drop events sent to userspace per second, in all.
+    pub events_per_sec: u64,
+    /// At most one drop event per source per this many seconds.
+    pub event_interval_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            pps: 0,
+            burst: 0,
+            bps: 0,
+            burst_bytes: 0,
+            prefix4: 32,
+            prefix6: 64,
+            global_pps: 0,
+            global_bps: 0,
+            new_sources: 1000,
+            newcomer_pps: 1000,
+            dry_run: false,
+            malformed: MalformedAction::Drop,
+            events_per_sec: 100,
+            event_interval_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LimitsError {
+    #[error("prefix4 `{0}` is out of range: use 1 to 32")]
+    Prefix4(u32),
+    #[error("prefix6 `{0}` is out of range: use 1 to 128")]
+    Prefix6(u32),
+    #[error("`{name}` = {value} is larger than the maximum {max}")]
+    TooLarge {
+        name: &'static str,
+        value: u64,
+        max: u64,
+    },
+}
+
+/// Rates above this are not limits (and would round the per-packet cost to zero).
+const MAX_RATE: u64 = 1_000_000_000;
+
+impl Limits {
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if !(1..=32).contains(&self.prefix4) {
+            return Err(LimitsError::Prefix4(self.prefix4));
+        }
+        if !(1..=128).contains(&self.prefix6) {
+            return Err(LimitsError::Prefix6(self.prefix6));
+        }
+        for (name, value) in [
+            ("pps", self.pps),
+            ("global_pps", self.global_pps),
+            ("new_sources", self.new_sources),
+            ("newcomer_pps", self.newcomer_pps),
+            ("events_per_sec", self.events_per_sec),
+        ] {
+            if value > MAX_RATE {
+                return Err(LimitsError::TooLarge {
+                    name,
+                    value,
+                    max: MAX_RATE,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The burst actually used: one second's worth when not given.
+    pub fn effective_burst(&self) -> u64 {
+        if self.burst == 0 {
+            self.pps
+        } else {
+            self.burst
+        }
+    }
+
+    pub fn effective_burst_bytes(&self) -> u64 {
+        if self.burst_bytes == 0 {
+            self.bps
+        } else {
+            self.burst_bytes
+        }
+    }
+
+    /// The kernel's record for these limits. `lists` carries which list maps hold entries.
+    pub fn to_config(&self, lists: u32) -> Config {
+        let mut flags = 0;
+        if self.dry_run {
+            flags |= FLAG_DRY_RUN;
+        }
+        if self.malformed == MalformedAction::Pass {
+            flags |= FLAG_MALFORMED_PASS;
+        }
+        Config {
+            flags,
+            lists,
+            prefix4: self.prefix4,
+            prefix6: self.prefix6,
+            source_pkt: Bucket::packets(self.pps, self.effective_burst()),
+            source_byte: Bucket::bytes(self.bps, self.effective_burst_bytes()),
+            admission: Bucket::packets(self.new_sources, self.new_sources),
+            newcomer: Bucket::packets(self.newcomer_pps, self.newcomer_pps),
+            global_pkt: Bucket::packets(self.global_pps, self.global_pps),
+            global_byte: Bucket::bytes(self.global_bps, self.global_bps),
+            events: Bucket::packets(self.events_per_sec, self.events_per_sec),
+            event_interval_ns: self.event_interval_secs.saturating_mul(1_000_000_000),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_limit_nothing_per_source() {
+        let l = Limits::default();
+        assert_eq!(l.validate(), Ok(()));
+        let c = l.to_config(0);
+        assert!(!c.limits_sources());
+        assert!(c.malformed_drops());
+        assert_eq!((c.prefix4, c.prefix6), (32, 64));
+    }
+
+    #[test]
+    fn burst_defaults_to_one_second() {
+        let l = Limits {
+            pps: 500,
+            ..Limits::default()
+        };
+        let c = l.to_config(0);
+        assert_eq!(c.source_pkt.rate(false), 500);
+        assert_eq!(c.source_pkt.burst(false), 500);
+    }
+
+    #[test]
+    fn rejects_bad_prefixes() {
+        for (p4, p6) in [(0, 64), (33, 64), (32, 0), (32, 129)] {
+            let l = Limits {
+                prefix4: p4,
+                prefix6: p6,
+                ..Limits::default()
+            };
+            assert!(l.validate().is_err(), "{p4} {p6}");
+        }
+    }
+
+    #[test]
+    fn flags() {
+        let l = Limits {
+            dry_run: true,
+            malformed: MalformedAction::Pass,
+            ..Limits::default()
+        };
+        let c = l.to_config(0);
+        assert!(c.dry_run());
+        assert!(!c.malformed_drops());
+    }
+}

@@ -1,0 +1,425 @@
+//! Allowlist and blocklist operations. Each one validates everything first, then changes the
+//! kernel maps, then the persistent state; on any failure what was already changed is rolled
+//! back, so bad input or a full map changes nothing.
+
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use filter_common::{
+    LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST, LIST_ALLOW6_NET, LIST_BLOCK4_HOST,
+    LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET, ListEntry,
+};
+use thiserror::Error;
+
+use crate::{
+    cidr::Cidr,
+    kernel::{self, KernelError, ListMaps},
+    paths::Paths,
+    state::{ListKind, Lock, Origin, Record, State, StateError, unix_now},
+};
+
+#[derive(Debug, Error)]
+pub enum ListError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("`{cidr}` covers loopback; floodwall never blocks loopback")]
+    Loopback { cidr: Cidr },
+    #[error(
+        "`{cidr}` covers this host's own address {addr}: blocking it may lock you out; add \
+         --force if you mean it"
+    )]
+    OwnAddress { cidr: Cidr, addr: IpAddr },
+    #[error("`{cidr}` is not on the {list} (see `floodwall {verb} list`)")]
+    NotListed {
+        cidr: Cidr,
+        list: &'static str,
+        verb: &'static str,
+    },
+}
+
+impl ListError {
+    /// Whether the operator's input was at fault (exit status 2) rather than the system (1).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            ListError::Loopback { .. } | ListError::OwnAddress { .. } | ListError::NotListed { .. }
+        )
+    }
+}
+
+const fn verb(kind: ListKind) -> &'static str {
+    match kind {
+        ListKind::Allow => "allow",
+        ListKind::Block => "block",
+    }
+}
+
+/// What to add, and how.
+pub struct AddOptions<'a> {
+    pub ttl: Option<Duration>,
+    pub comment: Option<&'a str>,
+    pub origin: Origin,
+    /// Allow blocking a prefix that holds one of this host's addresses.
+    pub force: bool,
+}
+
+/// `LIST_*` bits for the lists that hold entries in `state`.
+pub fn list_bits(state: &State) -> u32 {
+    let mut bits = 0;
+    for (kind, [h4, n4, h6, n6]) in [
+        (
+            ListKind::Allow,
+            [
+                LIST_ALLOW4_HOST,
+                LIST_ALLOW4_NET,
+                LIST_ALLOW6_HOST,
+                LIST_ALLOW6_NET,
+            ],
+        ),
+        (
+            ListKind::Block,
+            [
+                LIST_BLOCK4_HOST,
+                LIST_BLOCK4_NET,
+                LIST_BLOCK6_HOST,
+                LIST_BLOCK6_NET,
+            ],
+        ),
+    ] {
+        for cidr in state.list(kind).keys() {
+            bits |= match (cidr.is_v4(), cidr.is_host()) {
+                (true, true) => h4,
+                (true, false) => n4,
+                (false, true) => h6,
+                (false, false) => n6,
+            };
+        }
+    }
+    bits
+}
+
+/// The kernel's entry for a record: its expiry moved from wall-clock to monotonic time.
+pub fn kernel_entry(record: &Record, unix_now: u64, mono_now_ns: u64) -> ListEntry {
+    let expires_ns = match record.expires_at {
+        None => 0,
+        // Already expired: any non-zero time in the past stops it matching.
+        Some(at) if at <= unix_now => 1,
+        Some(at) => mono_now_ns.saturating_add((at - unix_now).saturating_mul(1_000_000_000)),
+    };
+    ListEntry {
+        expires_ns,
+        ..ListEntry::default()
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+pub fn mono_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// This host's addresses, in the current network namespace.
+pub fn own_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: the family says which sockaddr type the pointer holds.
+            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ));
+                }
+                libc::AF_INET6 => {
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(ifap) };
+    out
+}
+
+/// Refuses to block loopback, and this host's addresses without `force`.
+pub fn check_lockout(cidrs: &[Cidr], force: bool) -> Result<(), ListError> {
+    let loopback = [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    let own = own_addresses();
+    for cidr in cidrs {
+        if loopback.iter().any(|a| cidr.contains(a)) {
+            return Err(ListError::Loopback { cidr: *cidr });
+        }
+        if !force && let Some(addr) = own.iter().find(|a| !a.is_loopback() && cidr.contains(a)) {
+            return Err(ListError::OwnAddress {
+                cidr: *cidr,
+                addr: *addr,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Applies `changes` (new record, or `None` to delete) to the kernel and the state, all or
+/// nothing. The caller holds the lock.
+fn apply(
+    paths: &Paths,
+    state: &mut State,
+    kind: ListKind,
+    changes: BTreeMap<Cidr, Option<Record>>,
+    progress: &dyn Fn(usize),
+) -> Result<(), ListError> {
+    let mut maps = ListMaps::open(paths, kind)?;
+    let (unow, mnow) = (unix_now(), mono_now_ns());
+    let before: BTreeMap<Cidr, Option<Record>> = changes
+        .keys()
+        .map(|c| (*c, state.list(kind).get(c).cloned()))
+        .collect();
+    let mut done: Vec<Cidr> = Vec::with_capacity(changes.len());
+    let mut failure = None;
+    for (i, (cidr, change)) in changes.iter().enumerate() {
+        let result = match change {
+            Some(record) => maps.insert(cidr, &kernel_entry(record, unow, mnow)),
+            None => maps.remove(cidr),
+        };
+        if let Err(e) = result {
+            failure = Some(e);
+            break;
+        }
+        done.push(*cidr);
+        if i % 65_536 == 0 {
+            progress(i);
+        }
+    }
+    let rollback = |maps: &mut ListMaps, done: &[Cidr]| {
+        for cidr in done {
+            // Best effort: restoring what was there before the failed change.
+            let _ = match &before[cidr] {
+                Some(old) => maps.insert(cidr, &kernel_entry(old, unow, mnow)),
+                None => maps.remove(cidr),
+            };
+        }
+    };
+    if let Some(e) = failure {
+        rollback(&mut maps, &done);
+        return Err(e.into());
+    }
+    let mut new_state = state.clone();
+    for (cidr, change) in changes {
+        match change {
+            Some(record) => new_state.list_mut(kind).insert(cidr, record),
+            None => new_state.list_mut(kind).remove(&cidr),
+        };
+    }
+    let publish = || -> Result<(), ListError> {
+        let limits = new_state.limits.clone().unwrap_or_default();
+        kernel::write_config(paths, &limits.to_config(list_bits(&new_state)))?;
+        new_state.save(paths)?;
+        Ok(())
+    };
+    if let Err(e) = publish() {
+        rollback(&mut maps, &done);
+        let limits = state.limits.clone().unwrap_or_default();
+        let _ = kernel::write_config(paths, &limits.to_config(list_bits(state)));
+        return Err(e);
+    }
+    *state = new_state;
+    Ok(())
+}
+
+fn loaded_state(paths: &Paths) -> Result<(Lock, State), ListError> {
+    if !paths.is_loaded() {
+        return Err(KernelError::NotLoaded.into());
+    }
+    let lock = Lock::acquire(paths)?;
+    Ok((lock, State::load(paths)?))
+}
+
+/// Adds (or replaces) entries. Returns how many were new.
+pub fn add(
+    paths: &Paths,
+    kind: ListKind,
+    cidrs: &[Cidr],
+    options: &AddOptions<'_>,
+    progress: &dyn Fn(usize),
+) -> Result<usize, ListError> {
+    if kind == ListKind::Block {
+        check_lockout(cidrs, options.force)?;
+    }
+    let (_lock, mut state) = loaded_state(paths)?;
+    let now = unix_now();
+    let expires_at = options
+        .ttl
+        .map(|ttl| now.saturating_add(ttl.as_secs().max(1)));
+    let new = cidrs
+        .iter()
+        .filter(|c| !state.list(kind).contains_key(c))
+        .count();
+    let changes = cidrs
+        .iter()
+        .map(|cidr| {
+            let record = Record {
+                cidr: *cidr,
+                expires_at,
+                comment: options.comment.map(str::to_owned),
+                origin: options.origin,
+                added_at: now,
+            };
+            (*cidr, Some(record))
+        })
+        .collect();
+    apply(paths, &mut state, kind, changes, progress)?;
+    Ok(new)
+}
+
+/// Removes entries; every one must be listed, else nothing is removed.
+pub fn del(paths: &Paths, kind: ListKind, cidrs: &[Cidr]) -> Result<(), ListError> {
+    let (_lock, mut state) = loaded_state(paths)?;
+    if let Some(missing) = cidrs.iter().find(|c| !state.list(kind).contains_key(c)) {
+        return Err(ListError::NotListed {
+            cidr: *missing,
+            list: kind.name(),
+            verb: verb(kind),
+        });
+    }
+    let changes = cidrs.iter().map(|c| (*c, None)).collect();
+    apply(paths, &mut state, kind, changes, &|_| {})
+}
+
+/// Removes every entry. Returns how many there were.
+pub fn flush(paths: &Paths, kind: ListKind) -> Result<usize, ListError> {
+    let (_lock, mut state) = loaded_state(paths)?;
+    let changes: BTreeMap<_, _> = state.list(kind).keys().map(|c| (*c, None)).collect();
+    let n = changes.len();
+    apply(paths, &mut state, kind, changes, &|_| {})?;
+    Ok(n)
+}
+
+/// Removes entries whose time is up. Returns what was removed.
+pub fn expire(paths: &Paths) -> Result<Vec<(ListKind, Record)>, ListError> {
+    let (_lock, mut state) = loaded_state(paths)?;
+    let now = unix_now();
+    let mut removed = Vec::new();
+    for kind in [ListKind::Allow, ListKind::Block] {
+        let expired: Vec<Record> = state
+            .list(kind)
+            .values()
+            .filter(|r| r.expired(now))
+            .cloned()
+            .collect();
+        if expired.is_empty() {
+            continue;
+        }
+        let changes = expired.iter().map(|r| (r.cidr, None)).collect();
+        apply(paths, &mut state, kind, changes, &|_| {})?;
+        removed.extend(expired.into_iter().map(|r| (kind, r)));
+    }
+    Ok(removed)
+}
+
+/// Entries still in force (expired ones are shown by nobody: the kernel ignores them too).
+pub fn list(paths: &Paths, kind: ListKind) -> Result<Vec<Record>, ListError> {
+    if !paths.is_loaded() {
+        return Err(KernelError::NotLoaded.into());
+    }
+    let state = State::load(paths)?;
+    let now = unix_now();
+    Ok(state
+        .list(kind)
+        .values()
+        .filter(|r| !r.expired(now))
+        .cloned()
+        .collect())
+}
+
+/// Writes every record of `state` into freshly loaded maps (on `attach`).
+pub fn restore(paths: &Paths, state: &State) -> Result<(), ListError> {
+    let (unow, mnow) = (unix_now(), mono_now_ns());
+    for kind in [ListKind::Allow, ListKind::Block] {
+        let mut maps = ListMaps::open(paths, kind)?;
+        for record in state.list(kind).values().filter(|r| !r.expired(unow)) {
+            maps.insert(&record.cidr, &kernel_entry(record, unow, mnow))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cidr: &str, expires_at: Option<u64>) -> Record {
+        Record {
+            cidr: cidr.parse().expect("valid cidr"),
+            expires_at,
+            comment: None,
+            origin: Origin::Manual,
+            added_at: 0,
+        }
+    }
+
+    #[test]
+    fn kernel_expiry_is_monotonic_time() {
+        assert_eq!(kernel_entry(&record("1.2.3.4", None), 100, 5).expires_ns, 0);
+        assert_eq!(
+            kernel_entry(&record("1.2.3.4", Some(90)), 100, 5).expires_ns,
+            1
+        );
+        assert_eq!(
+            kernel_entry(&record("1.2.3.4", Some(130)), 100, 5).expires_ns,
+            5 + 30_000_000_000
+        );
+    }
+
+    #[test]
+    fn bits_follow_the_lists() {
+        let mut state = State::default();
+        assert_eq!(list_bits(&state), 0);
+        for c in ["10.0.0.1", "10.1.0.0/16", "2001:db8::/32"] {
+            let r = record(c, None);
+            state.block.insert(r.cidr, r);
+        }
+        let r = record("2001:db8::1", None);
+        state.allow.insert(r.cidr, r);
+        assert_eq!(
+            list_bits(&state),
+            LIST_BLOCK4_HOST | LIST_BLOCK4_NET | LIST_BLOCK6_NET | LIST_ALLOW6_HOST
+        );
+    }
+
+    #[test]
+    fn loopback_is_never_blocked() {
+        let c: Cidr = "127.0.0.0/8".parse().expect("valid");
+        assert!(matches!(
+            check_lockout(&[c], true),
+            Err(ListError::Loopback { .. })
+        ));
+        let c: Cidr = "::1".parse().expect("valid");
+        assert!(matches!(
+            check_lockout(&[c], true),
+            Err(ListError::Loopback { .. })
+        ));
+        let c: Cidr = "0.0.0.0/0".parse().expect("valid");
+        assert!(check_lockout(&[c], true).is_err());
+    }
+}

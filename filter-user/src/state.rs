@@ -1,0 +1,242 @@
+//! The persistent state: lists (with absolute expiry times) and limits, written atomically to
+//! the state directory on every change and restored by `attach`. And the lock that serialises
+//! the commands that change it.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{cidr::Cidr, limits::Limits, paths::Paths};
+
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot read state file `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "state file `{path}` is corrupt: {source}; restore it from a backup or move it away to \
+         start with empty lists"
+    )]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write state file `{path}`: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock `{path}`: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListKind {
+    Allow,
+    Block,
+}
+
+impl ListKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            ListKind::Allow => "allowlist",
+            ListKind::Block => "blocklist",
+        }
+    }
+}
+
+/// Who put an entry on a list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `add` on the command line.
+    Manual,
+    /// `import` from a file.
+    Import,
+    /// An automatic ban by `floodwall run`.
+    Auto,
+}
+
+impl Origin {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Origin::Manual => "manual",
+            Origin::Import => "import",
+            Origin::Auto => "auto",
+        }
+    }
+}
+
+/// One list entry as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub cidr: Cidr,
+    /// Unix time (seconds) when the entry stops matching; none for a permanent entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub origin: Origin,
+    pub added_at: u64,
+}
+
+impl Record {
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// Everything floodwall must not lose.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    #[serde(default)]
+    pub version: u32,
+    /// Limits set with `limit set` or the config file; none until first set.
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    #[serde(default, with = "records")]
+    pub allow: BTreeMap<Cidr, Record>,
+    #[serde(default, with = "records")]
+    pub block: BTreeMap<Cidr, Record>,
+}
+
+/// Lists are stored as arrays of records; the map key is the record's CIDR.
+mod records {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    use super::Record;
+    use crate::cidr::Cidr;
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<Cidr, Record>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Cidr, Record>, D::Error> {
+        Ok(Vec::<Record>::deserialize(d)?
+            .into_iter()
+            .map(|r| (r.cidr, r))
+            .collect())
+    }
+}
+
+impl State {
+    pub fn list(&self, kind: ListKind) -> &BTreeMap<Cidr, Record> {
+        match kind {
+            ListKind::Allow => &self.allow,
+            ListKind::Block => &self.block,
+        }
+    }
+
+    pub fn list_mut(&mut self, kind: ListKind) -> &mut BTreeMap<Cidr, Record> {
+        match kind {
+            ListKind::Allow => &mut self.allow,
+            ListKind::Block => &mut self.block,
+        }
+    }
+
+    /// Loads the state, or an empty one if there is none yet.
+    pub fn load(paths: &Paths) -> Result<State, StateError> {
+        let path = paths.state_file();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source })
+    }
+
+    /// Writes the state atomically: a temporary file, fsync, rename over the old one, fsync
+    /// of the directory. A crash at any point leaves either the old or the new state.
+    pub fn save(&self, paths: &Paths) -> Result<(), StateError> {
+        let path = paths.state_file();
+        let err = |source| StateError::Write {
+            path: path.clone(),
+            source,
+        };
+        paths
+            .ensure_state_dir()
+            .map_err(|e| err(std::io::Error::other(e)))?;
+        let mut state = self.clone();
+        state.version = STATE_VERSION;
+        let text = serde_json::to_vec(&state).map_err(|e| err(std::io::Error::other(e)))?;
+        let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(dir_of(&path))?.sync_all()
+        };
+        write().map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            err(source)
+        })
+    }
+}
+
+fn dir_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("/"))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An exclusive lock held for the life of a mutating command.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    pub fn acquire(paths: &Paths) -> Result<Lock, StateError> {
+        let path = paths.lock_file();
+        let err = |source| StateError::Lock {
+            path: path.clone(),
+            source,
+        };
+        paths
+            .ensure_state_dir()
+            .map_err(|e| err(std::io::Error::other(e)))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        // SAFETY: flock on an fd we own; released when the file is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(Lock { _file: file })
+    }
+}

@@ -1,0 +1,143 @@
+//! Reading what the data path did: counters per interface and reason, health counters, and
+//! the heaviest sources.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use filter_common::{FAMILY_V4, MISC_NAMES, Reason, SourceKey};
+use serde::Serialize;
+
+use crate::{
+    kernel::{self, KernelError},
+    paths::Paths,
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Counters of one interface.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IfaceStats {
+    pub iface: String,
+    pub ifindex: u32,
+    pub reasons: BTreeMap<&'static str, Count>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    pub interfaces: Vec<IfaceStats>,
+    /// Totals over interfaces, by reason.
+    pub totals: BTreeMap<&'static str, Count>,
+    /// Data-path health counters.
+    pub health: BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    pub fn read(paths: &Paths) -> Result<Stats, KernelError> {
+        let mut by_iface: BTreeMap<u32, IfaceStats> = BTreeMap::new();
+        let mut totals = BTreeMap::new();
+        for r in Reason::ALL {
+            totals.insert(r.name(), Count::default());
+        }
+        for (key, counter) in kernel::read_counters(paths)? {
+            let Some(reason) = Reason::from_u32(key.reason) else {
+                continue;
+            };
+            let entry = by_iface.entry(key.ifindex).or_insert_with(|| IfaceStats {
+                iface: kernel::ifname(key.ifindex).unwrap_or_else(|| format!("if{}", key.ifindex)),
+                ifindex: key.ifindex,
+                reasons: Reason::ALL
+                    .iter()
+                    .map(|r| (r.name(), Count::default()))
+                    .collect(),
+            });
+            let add = |c: &mut Count| {
+                c.packets += counter.packets;
+                c.bytes += counter.bytes;
+            };
+            if let Some(c) = entry.reasons.get_mut(reason.name()) {
+                add(c);
+            }
+            if let Some(c) = totals.get_mut(reason.name()) {
+                add(c);
+            }
+        }
+        let health = MISC_NAMES
+            .iter()
+            .copied()
+            .zip(kernel::read_misc(paths)?)
+            .collect();
+        Ok(Stats {
+            interfaces: by_iface.into_values().collect(),
+            totals,
+            health,
+        })
+    }
+
+    /// Packets dropped (or, in dry-run, that would have been), over every interface.
+    pub fn dropped(&self) -> u64 {
+        Reason::ALL
+            .iter()
+            .filter(|r| r.drops())
+            .map(|r| self.totals.get(r.name()).map_or(0, |c| c.packets))
+            .sum()
+    }
+}
+
+/// One tracked source, for `top`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceStats {
+    pub source: String,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+pub fn source_addr(key: &SourceKey) -> IpAddr {
+    if key.family == FAMILY_V4 {
+        IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+    } else {
+        IpAddr::from(key.addr)
+    }
+}
+
+/// The `n` sources with the most packets (dropped first, then passed).
+pub fn top(
+    paths: &Paths,
+    n: usize,
+    prefix4: u32,
+    prefix6: u32,
+) -> Result<Vec<SourceStats>, KernelError> {
+    let mut sources: Vec<SourceStats> = kernel::read_sources(paths)?
+        .into_iter()
+        .map(|(key, state)| {
+            let (addr, prefix) = (
+                source_addr(&key),
+                if key.family == FAMILY_V4 {
+                    prefix4
+                } else {
+                    prefix6
+                },
+            );
+            let full = if key.family == FAMILY_V4 { 32 } else { 128 };
+            let source = if prefix == full {
+                addr.to_string()
+            } else {
+                format!("{addr}/{prefix}")
+            };
+            SourceStats {
+                source,
+                passed: state.passed,
+                dropped: state.dropped,
+            }
+        })
+        .collect();
+    sources.sort_by(|a, b| {
+        (b.dropped, b.passed)
+            .cmp(&(a.dropped, a.passed))
+            .then_with(|| a.source.cmp(&b.source))
+    });
+    sources.truncate(n);
+    Ok(sources)
+}
