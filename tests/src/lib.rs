@@ -1,2 +1,4 @@
+pub mod frames;
 pub mod netns;
+pub mod program;
 pub mod traffic;

@@ -1,0 +1,143 @@
+//! The XDP program loaded privately (its own bpffs and state directory) and run on crafted
+//! frames with `BPF_PROG_TEST_RUN`, for verdict, accuracy and flood tests.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya_obj::programs::XdpAttachType;
+use filter_common::Reason;
+use floodwall::{
+    config::Capacity,
+    kernel,
+    limits::Limits,
+    lists::{self, AddOptions, list_bits},
+    paths::Paths,
+    state::{ListKind, Origin, State},
+};
+
+use crate::netns::{BpffsDir, StateDir};
+
+/// A loaded, unattached floodwall program; everything is removed on drop.
+pub struct Loaded {
+    pub paths: Paths,
+    program: Xdp,
+    // Dropped after `program`: the pins live in this bpffs.
+    _state: StateDir,
+    _bpffs: BpffsDir,
+}
+
+impl Loaded {
+    /// Loads with default capacities and default limits (no per-source limit).
+    pub fn new() -> Result<Loaded> {
+        Loaded::with_capacity(&Capacity::default())
+    }
+
+    pub fn with_capacity(capacity: &Capacity) -> Result<Loaded> {
+        let bpffs = BpffsDir::new()?;
+        let state = StateDir::new()?;
+        let paths = Paths {
+            bpffs: bpffs.path().join("fw"),
+            state_dir: state.path().to_owned(),
+            config: state.path().join("floodwall.toml"),
+        };
+        paths.ensure_bpffs().context("bpffs for the test")?;
+        kernel::load(&paths, capacity).context("loading the XDP program")?;
+        let program = Xdp::from_pin(paths.program_pin(), XdpAttachType::Interface)
+            .context("reopening the pinned program")?;
+        let loaded = Loaded {
+            paths,
+            program,
+            _state: state,
+            _bpffs: bpffs,
+        };
+        loaded.set_limits(&Limits::default())?;
+        Ok(loaded)
+    }
+
+    /// Writes `limits` (with the list bits of the current lists) into the live config, and
+    /// resets the global buckets so each test starts from full bursts.
+    pub fn set_limits(&self, limits: &Limits) -> Result<()> {
+        let mut state = State::load(&self.paths)?;
+        state.limits = Some(limits.clone());
+        state.save(&self.paths)?;
+        kernel::write_config(&self.paths, &limits.to_config(list_bits(&state)))?;
+        kernel::reset_globals(&self.paths)?;
+        Ok(())
+    }
+
+    /// Adds CIDRs to a list through the controller's own code path.
+    pub fn add(
+        &self,
+        kind: ListKind,
+        cidrs: &[&str],
+        ttl: Option<std::time::Duration>,
+    ) -> Result<()> {
+        let cidrs = cidrs
+            .iter()
+            .map(|c| c.parse().with_context(|| format!("cidr {c}")))
+            .collect::<Result<Vec<_>>>()?;
+        let options = AddOptions {
+            ttl,
+            comment: None,
+            origin: Origin::Manual,
+            force: true,
+        };
+        lists::add(&self.paths, kind, &cidrs, &options, &|_| {})?;
+        Ok(())
+    }
+
+    /// Runs the program once on `frame`; returns the XDP verdict.
+    pub fn run(&self, frame: &[u8]) -> Result<u32> {
+        Ok(self.run_repeat(frame, 1)?.0)
+    }
+
+    /// Runs the program `repeat` times on `frame` in the kernel; returns the last verdict and
+    /// the mean time per run in ns as the kernel measured it.
+    pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> Result<(u32, u64)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = self.program.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        let per_run = result.duration.as_nanos() as u64;
+        Ok((result.return_value, per_run))
+    }
+
+    /// Packets per reason, summed over interfaces and CPUs.
+    pub fn counters(&self) -> Result<BTreeMap<Reason, u64>> {
+        let mut out: BTreeMap<Reason, u64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
+        for (key, counter) in kernel::read_counters(&self.paths)? {
+            if let Some(reason) = Reason::from_u32(key.reason) {
+                *out.entry(reason).or_default() += counter.packets;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `frame` once and returns the verdict and the one reason it was counted under
+    /// (besides `dry_run`, which is returned second when it was also counted).
+    pub fn verdict(&self, frame: &[u8]) -> Result<(u32, Reason, bool)> {
+        let before = self.counters()?;
+        let verdict = self.run(frame)?;
+        let after = self.counters()?;
+        let changed: Vec<Reason> = Reason::ALL
+            .iter()
+            .copied()
+            .filter(|r| after[r] != before[r])
+            .collect();
+        let dry = changed.contains(&Reason::DryRunPassed);
+        let main: Vec<Reason> = changed
+            .into_iter()
+            .filter(|r| *r != Reason::DryRunPassed)
+            .collect();
+        anyhow::ensure!(
+            main.len() == 1,
+            "frame counted under {main:?}, expected exactly one reason"
+        );
+        Ok((verdict, main[0], dry))
+    }
+}
