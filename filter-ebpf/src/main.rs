@@ -78,8 +78,10 @@ static BLOCK6_HOST: HashMap<[u8; 16], ListEntry> =
 #[map]
 static BLOCK6_NET: LpmTrie<[u8; 16], ListEntry> = LpmTrie::pinned(DEFAULT_NET_ENTRIES, 0);
 
-/// How often an expired prefix match is retried with a shorter prefix.
-const LPM_RETRIES: usize = 3;
+/// Prefix lookups per list: the first, then one retry per expired match, each with a strictly
+/// shorter prefix. 129 covers every nested prefix of an IPv6 address (/128 down to /0), so no
+/// number of expired entries can hide an active shorter one; an unexpired match ends it at once.
+const LPM_RETRIES: usize = 129;
 
 #[xdp]
 pub fn floodwall(ctx: XdpContext) -> u32 {

@@ -118,7 +118,13 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
             NEXTHDR_FRAGMENT => {
                 let hdr: *const [u8; 8] = ptr_at(ctx, offset)?;
                 // SAFETY: bounds checked by `ptr_at`.
-                next = unsafe { (*hdr)[0] };
+                let hdr = unsafe { *hdr };
+                // A non-first fragment carries payload after this header, not the headers its
+                // next-header field names: the chain ends here.
+                if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 != 0 {
+                    return Ok(Parsed::Ip(key));
+                }
+                next = hdr[0];
                 8
             }
             NEXTHDR_AUTH => {

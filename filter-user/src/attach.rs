@@ -66,6 +66,13 @@ pub fn attach(
     if ifaces.is_empty() {
         return Err(AttachError::NoInterface);
     }
+    let mut unique: Vec<String> = Vec::with_capacity(ifaces.len());
+    for iface in ifaces {
+        if !unique.contains(iface) {
+            unique.push(iface.clone());
+        }
+    }
+    let ifaces = &unique[..];
     for iface in ifaces {
         if kernel::ifindex(iface).is_none() {
             return Err(KernelError::UnknownInterface {
@@ -91,6 +98,8 @@ pub fn attach(
         .into());
     }
     let mut state = State::load(paths)?;
+    let before = state.clone();
+    let had_state = paths.state_file().exists();
     let loaded_now = !paths.is_loaded();
     if loaded_now {
         kernel::load(paths, &file.capacity)?;
@@ -124,8 +133,20 @@ pub fn attach(
         }
         Ok(done)
     })();
-    if result.is_err() && loaded_now {
-        let _ = kernel::unload(paths);
+    if result.is_err() {
+        // A failed attach changes nothing: not the persisted limits, and not the policy of a
+        // filter that keeps running on other interfaces.
+        if had_state {
+            let _ = before.save(paths);
+        } else {
+            let _ = std::fs::remove_file(paths.state_file());
+        }
+        if loaded_now {
+            let _ = kernel::unload(paths);
+        } else {
+            let limits = before.limits.clone().unwrap_or_default();
+            let _ = kernel::write_config(paths, &limits.to_config(list_bits(&before)));
+        }
     }
     result
 }

@@ -328,11 +328,14 @@ fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), C
                 force,
             };
             let new = lists::add(paths, kind, &cidrs, &options, &|_| {})?;
+            let unique = cidrs
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
             println!(
-                "{} on the {}: {new} new, {} updated",
-                cidrs.len(),
+                "{unique} on the {}: {new} new, {} updated",
                 kind.name(),
-                cidrs.len() - new
+                unique - new
             );
         }
         ListCommand::Del { cidrs } => {
@@ -552,8 +555,8 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
             "dry_run": config.dry_run(),
             "limits": limits,
             "lists": {
-                "allow": state.allow.len(),
-                "block": state.block.len(),
+                "allow": lists::list_live(&state, ListKind::Allow).count(),
+                "block": lists::list_live(&state, ListKind::Block).count(),
             },
             "maps": fill,
         }));
@@ -573,8 +576,8 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
     print_limits(&limits);
     println!(
         "lists:       {} allowed, {} blocked",
-        state.allow.len(),
-        state.block.len()
+        lists::list_live(&state, ListKind::Allow).count(),
+        lists::list_live(&state, ListKind::Block).count()
     );
     println!("maps:");
     for m in &fill {

@@ -255,6 +255,18 @@ fn loaded_state(paths: &Paths) -> Result<(Lock, State), ListError> {
     Ok((lock, State::load(paths)?))
 }
 
+/// Removal changes for the entries of `kind` whose time is up, so every change also sweeps
+/// them out of the maps and the state file.
+fn expired_changes(state: &State, kind: ListKind) -> BTreeMap<Cidr, Option<Record>> {
+    let now = unix_now();
+    state
+        .list(kind)
+        .values()
+        .filter(|r| r.expired(now))
+        .map(|r| (r.cidr, None))
+        .collect()
+}
+
 /// Adds (or replaces) entries. Returns how many were new.
 pub fn add(
     paths: &Paths,
@@ -271,23 +283,23 @@ pub fn add(
     let expires_at = options
         .ttl
         .map(|ttl| now.saturating_add(ttl.as_secs().max(1)));
+    let mut changes = expired_changes(&state, kind);
     let new = cidrs
         .iter()
-        .filter(|c| !state.list(kind).contains_key(c))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|c| state.list(kind).get(c).is_none_or(|r| r.expired(now)))
         .count();
-    let changes = cidrs
-        .iter()
-        .map(|cidr| {
-            let record = Record {
-                cidr: *cidr,
-                expires_at,
-                comment: options.comment.map(str::to_owned),
-                origin: options.origin,
-                added_at: now,
-            };
-            (*cidr, Some(record))
-        })
-        .collect();
+    changes.extend(cidrs.iter().map(|cidr| {
+        let record = Record {
+            cidr: *cidr,
+            expires_at,
+            comment: options.comment.map(str::to_owned),
+            origin: options.origin,
+            added_at: now,
+        };
+        (*cidr, Some(record))
+    }));
     apply(paths, &mut state, kind, changes, progress)?;
     Ok(new)
 }
@@ -295,46 +307,27 @@ pub fn add(
 /// Removes entries; every one must be listed, else nothing is removed.
 pub fn del(paths: &Paths, kind: ListKind, cidrs: &[Cidr]) -> Result<(), ListError> {
     let (_lock, mut state) = loaded_state(paths)?;
-    if let Some(missing) = cidrs.iter().find(|c| !state.list(kind).contains_key(c)) {
+    let now = unix_now();
+    let listed = |c: &Cidr| state.list(kind).get(c).is_some_and(|r| !r.expired(now));
+    if let Some(missing) = cidrs.iter().find(|c| !listed(c)) {
         return Err(ListError::NotListed {
             cidr: *missing,
             list: kind.name(),
             verb: verb(kind),
         });
     }
-    let changes = cidrs.iter().map(|c| (*c, None)).collect();
+    let mut changes = expired_changes(&state, kind);
+    changes.extend(cidrs.iter().map(|c| (*c, None)));
     apply(paths, &mut state, kind, changes, &|_| {})
 }
 
 /// Removes every entry. Returns how many there were.
 pub fn flush(paths: &Paths, kind: ListKind) -> Result<usize, ListError> {
     let (_lock, mut state) = loaded_state(paths)?;
+    let n = list_live(&state, kind).count();
     let changes: BTreeMap<_, _> = state.list(kind).keys().map(|c| (*c, None)).collect();
-    let n = changes.len();
     apply(paths, &mut state, kind, changes, &|_| {})?;
     Ok(n)
-}
-
-/// Removes entries whose time is up. Returns what was removed.
-pub fn expire(paths: &Paths) -> Result<Vec<(ListKind, Record)>, ListError> {
-    let (_lock, mut state) = loaded_state(paths)?;
-    let now = unix_now();
-    let mut removed = Vec::new();
-    for kind in [ListKind::Allow, ListKind::Block] {
-        let expired: Vec<Record> = state
-            .list(kind)
-            .values()
-            .filter(|r| r.expired(now))
-            .cloned()
-            .collect();
-        if expired.is_empty() {
-            continue;
-        }
-        let changes = expired.iter().map(|r| (r.cidr, None)).collect();
-        apply(paths, &mut state, kind, changes, &|_| {})?;
-        removed.extend(expired.into_iter().map(|r| (kind, r)));
-    }
-    Ok(removed)
 }
 
 /// Entries still in force (expired ones are shown by nobody: the kernel ignores them too).
@@ -343,13 +336,13 @@ pub fn list(paths: &Paths, kind: ListKind) -> Result<Vec<Record>, ListError> {
         return Err(KernelError::NotLoaded.into());
     }
     let state = State::load(paths)?;
+    Ok(list_live(&state, kind).cloned().collect())
+}
+
+/// The entries of `kind` still in force.
+pub fn list_live(state: &State, kind: ListKind) -> impl Iterator<Item = &Record> {
     let now = unix_now();
-    Ok(state
-        .list(kind)
-        .values()
-        .filter(|r| !r.expired(now))
-        .cloned()
-        .collect())
+    state.list(kind).values().filter(move |r| !r.expired(now))
 }
 
 /// Writes every record of `state` into freshly loaded maps (on `attach`).

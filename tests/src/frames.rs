@@ -100,3 +100,97 @@ pub fn udp(src: IpAddr, payload: usize) -> Vec<u8> {
             .build(),
     }
 }
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_GRE: u8 = 47;
+pub const PROTO_ESP: u8 = 50;
+pub const PROTO_ICMPV6: u8 = 58;
+/// Reserved for experimentation and testing (RFC 3692): a protocol nobody parses.
+pub const PROTO_EXPERIMENTAL: u8 = 253;
+
+/// IPv6 next-header values of the extension headers floodwall walks.
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_AUTH: u8 = 51;
+pub const NEXTHDR_NONE: u8 = 59;
+pub const NEXTHDR_DEST: u8 = 60;
+
+/// An IPv6 extension header of type `kind` whose next header is `next`, with a plausible body:
+/// hop-by-hop and destination options 16 bytes (PadN), routing 24 bytes (type 0, one segment
+/// address left unset), fragment 8 bytes (offset 0, last fragment), AH 24 bytes (12-byte ICV).
+pub fn ext_header(kind: u8, next: u8) -> Vec<u8> {
+    match kind {
+        NEXTHDR_FRAGMENT => ipv6_fragment_header(next, 0, false, 0x1234_5678),
+        NEXTHDR_AUTH => {
+            // Payload length in 4-octet units, minus 2: (4 + 2) * 4 = 24 bytes.
+            let mut h = vec![next, 4, 0, 0];
+            h.extend_from_slice(&0x100u32.to_be_bytes()); // SPI
+            h.extend_from_slice(&1u32.to_be_bytes()); // sequence number
+            h.extend_from_slice(&[0xa5; 12]); // ICV
+            h
+        }
+        NEXTHDR_ROUTING => {
+            // Length in 8-octet units past the first 8: (2 + 1) * 8 = 24 bytes.
+            let mut h = vec![next, 2, 0, 0, 0, 0, 0, 0];
+            h.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+            h
+        }
+        // Hop-by-hop and destination options: PadN filling (1 + 1) * 8 = 16 bytes.
+        _ => {
+            let mut h = vec![next, 1, 1, 12];
+            h.extend_from_slice(&[0; 12]);
+            h
+        }
+    }
+}
+
+/// An IPv6 fragment header: `offset` in 8-octet units, `more` the M flag.
+pub fn ipv6_fragment_header(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+    let field = (offset << 3) | u16::from(more);
+    let mut h = vec![next, 0];
+    h.extend_from_slice(&field.to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h
+}
+
+/// An IPv6 frame from `src` through the extension headers `chain` (types, in order, each built
+/// by [`ext_header`]) to upper-layer protocol `upper` with `payload` zero bytes.
+pub fn ipv6_chain(src: [u8; 16], chain: &[u8], upper: u8, payload: usize) -> Vec<u8> {
+    let mut exts = Vec::new();
+    for (i, kind) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).copied().unwrap_or(upper);
+        exts.extend_from_slice(&ext_header(*kind, next));
+    }
+    let first = chain.first().copied().unwrap_or(upper);
+    Frame::eth(ETH_P_IPV6)
+        .ipv6(
+            src,
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            first,
+            exts.len() + payload,
+        )
+        .raw(&exts)
+        .raw(&vec![0; payload])
+        .build()
+}
+
+/// An IPv4 frame from `src` with protocol `proto`, `options` and `payload` zero bytes, whose
+/// flags/fragment-offset field is `more` (MF) and `offset` (8-octet units).
+pub fn ipv4_fragment(
+    src: [u8; 4],
+    proto: u8,
+    options: &[u8],
+    more: bool,
+    offset: u16,
+    payload: usize,
+) -> Vec<u8> {
+    let mut frame = Frame::eth(ETH_P_IP)
+        .ipv4(src, [192, 0, 2, 1], proto, options, payload)
+        .raw(&vec![0; payload])
+        .build();
+    let field = (offset & 0x1fff) | if more { 0x2000 } else { 0 };
+    frame[14 + 6..14 + 8].copy_from_slice(&field.to_be_bytes());
+    frame
+}

@@ -1,4 +1,6 @@
+pub mod cli;
 pub mod frames;
+pub mod model;
 pub mod netns;
 pub mod program;
 pub mod traffic;

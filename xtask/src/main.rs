@@ -3,6 +3,7 @@
 //! Each command lives in its own module and calls `setup::run()` first, so a new one (demo,
 //! bench) is a module plus a variant here.
 
+mod demo;
 mod lint;
 mod setup;
 mod test;
@@ -26,6 +27,8 @@ enum Cmd {
     Lint,
     /// Run the unit tests, then the root tests one at a time (needs root)
     Test(test::Args),
+    /// Show floodwall protecting a UDP echo service from floods, in namespaces (needs root)
+    Demo(demo::Args),
 }
 
 fn main() -> Result<()> {
@@ -33,5 +36,6 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Lint => lint::run(),
         Cmd::Test(args) => test::run(&args),
+        Cmd::Demo(args) => demo::run(&args),
     }
 }

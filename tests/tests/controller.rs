@@ -1,0 +1,838 @@
+//! The controller: the real `floodwall` binary's exit statuses, messages, persistence, TTLs,
+//! importers and JSON output. Bad input must change nothing.
+//!
+//! Each test makes its own namespaces (a veth end in "host" for `attach` to attach to), bpffs
+//! and state directory, all removed on drop. No traffic is sent.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use floodwall_tests::cli::{COMMAND_TIMEOUT, Floodwall, check_ok, wait_output};
+use floodwall_tests::netns::{Netns, VethPair};
+use serde_json::{Value, json};
+
+const HOST4: &str = "10.212.0.1";
+const HOST6: &str = "fd00:212::1";
+
+/// A namespace with one veth end to attach to (its peer is in a second namespace).
+struct Host {
+    ns: Netns,
+    _peer: Netns,
+    veth: VethPair,
+}
+
+impl Host {
+    fn new() -> Result<Host> {
+        let ns = Netns::new("ctl")?;
+        let peer = Netns::new("ctlp")?;
+        let veth = VethPair::new(
+            &peer,
+            &ns,
+            "10.212.0.2/24",
+            &format!("{HOST4}/24"),
+            "fd00:212::2/64",
+            &format!("{HOST6}/64"),
+        )?;
+        Ok(Host {
+            ns,
+            _peer: peer,
+            veth,
+        })
+    }
+
+    /// The interface floodwall attaches to.
+    fn iface(&self) -> &str {
+        self.veth.b_name()
+    }
+
+    fn floodwall(&self) -> Result<Floodwall<'_>> {
+        Floodwall::new(Some(&self.ns))
+    }
+
+    /// A floodwall attached to [`Host::iface`] in native mode.
+    fn attached(&self) -> Result<Floodwall<'_>> {
+        let fw = self.floodwall()?;
+        fw.ok(&["attach", self.iface(), "--mode", "native"])?;
+        Ok(fw)
+    }
+}
+
+/// What bad input must leave alone: both lists (exit status and entries, without the
+/// `ttl_left_secs` that ticks by itself), `status --json` (minus the fill of maps that only
+/// traffic changes), and the state file.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    block: (Option<i32>, Value),
+    allow: (Option<i32>, Value),
+    status: Value,
+    state_file: Option<String>,
+}
+
+/// `list` without the field that changes with the clock.
+fn without_ttl_left(mut list: Value) -> Value {
+    if let Some(items) = list.as_array_mut() {
+        for item in items {
+            if let Some(obj) = item.as_object_mut() {
+                obj.remove("ttl_left_secs");
+            }
+        }
+    }
+    list
+}
+
+fn snapshot(fw: &Floodwall<'_>) -> Result<Snapshot> {
+    let list = |kind: &str| -> Result<(Option<i32>, Value)> {
+        let out = fw.run(&[kind, "list", "--json"])?;
+        let entries = if out.status.success() {
+            without_ttl_left(
+                serde_json::from_slice(&out.stdout)
+                    .with_context(|| format!("{kind} list --json is not JSON"))?,
+            )
+        } else {
+            Value::Null
+        };
+        Ok((out.status.code(), entries))
+    };
+    let mut status = fw.json(&["status", "--json"])?;
+    if let Some(maps) = status.get_mut("maps").and_then(Value::as_array_mut) {
+        maps.retain(|m| {
+            m["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("ALLOW") || n.starts_with("BLOCK"))
+        });
+    }
+    let state_file = std::fs::read_to_string(fw.state_dir().join("state.json")).ok();
+    Ok(Snapshot {
+        block: list("block")?,
+        allow: list("allow")?,
+        status,
+        state_file,
+    })
+}
+
+/// Runs `args`, expects exit status `code` and `needle` in stderr, and nothing changed.
+fn rejected(fw: &Floodwall<'_>, args: &[&str], code: i32, needle: &str) -> Result<()> {
+    let before = snapshot(fw)?;
+    let stderr = fw.fails(args, code)?;
+    ensure!(
+        stderr.contains(needle),
+        "floodwall {args:?}: stderr lacks {needle:?}: {stderr}"
+    );
+    let after = snapshot(fw)?;
+    ensure!(
+        before == after,
+        "floodwall {args:?} changed state:\nbefore {before:#?}\nafter {after:#?}"
+    );
+    Ok(())
+}
+
+fn block_list(fw: &Floodwall<'_>) -> Result<Vec<Value>> {
+    fw.json(&["block", "list", "--json"])?
+        .as_array()
+        .cloned()
+        .context("block list --json is not an array")
+}
+
+fn block_cidrs(fw: &Floodwall<'_>) -> Result<BTreeSet<String>> {
+    block_list(fw)?
+        .iter()
+        .map(|e| {
+            e["cidr"]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("entry without cidr: {e}"))
+        })
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Some state worth keeping, so that "unchanged" means something.
+fn seed(fw: &Floodwall<'_>) -> Result<()> {
+    fw.ok(&["block", "add", "192.0.2.1", "--comment", "seed"])?;
+    fw.ok(&["block", "add", "2001:db8:5eed::/48", "--ttl", "1h"])?;
+    fw.ok(&["allow", "add", "198.51.100.0/24"])?;
+    fw.ok(&["limit", "set", "--pps", "77"])?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn invalid_cidrs_change_nothing() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.attached()?;
+    seed(&fw)?;
+    for (args, needle) in [
+        (&["block", "add", "10.0.0.0/33"][..], "prefix length"),
+        (&["block", "add", "300.1.1.1"], "not an IP address"),
+        (&["block", "add", "2001:db8::/129"], "prefix length"),
+        (&["block", "add", "garbage"], "not an IP address"),
+        (&["block", "add", "10.0.0.1/8"], "host bits"),
+        // A valid entry before a bad one is not applied either.
+        (&["block", "add", "203.0.113.9", "10.0.0.1/8"], "10.0.0.0/8"),
+        (&["allow", "add", "10.0.0.0/33"], "prefix length"),
+        (&["block", "del", "garbage"], "not an IP address"),
+        (&["block", "del", "203.0.113.9"], "not on the blocklist"),
+        (&["block", "del", "192.0.2.1", "203.0.113.9"], "203.0.113.9"),
+        (&["block", "add", "127.0.0.0/8"], "loopback"),
+        (&["block", "add", "127.0.0.0/8", "--force"], "loopback"),
+        (&["block", "add", "::1"], "loopback"),
+        (&["block", "add", "0.0.0.0/0", "--force"], "loopback"),
+        (&["block", "add", "192.0.2.2", "--ttl", "0s"], "TTL"),
+        (&["limit", "set", "--prefix4", "33"], "prefix4"),
+    ] {
+        rejected(&fw, args, 2, needle)?;
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn blocking_own_address_needs_force() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.attached()?;
+    seed(&fw)?;
+    for cidr in ["10.212.0.0/24", HOST4, "fd00:212::/64", "10.0.0.0/8"] {
+        rejected(&fw, &["block", "add", cidr], 2, "--force")?;
+    }
+    rejected(&fw, &["block", "add", "10.212.0.0/24"], 2, HOST4)?;
+    fw.ok(&["block", "add", "10.212.0.0/24", "--force"])?;
+    fw.ok(&["block", "add", "fd00:212::/64", "--force"])?;
+    let cidrs = block_cidrs(&fw)?;
+    ensure!(
+        cidrs.contains("10.212.0.0/24") && cidrs.contains("fd00:212::/64"),
+        "forced entries missing: {cidrs:?}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn interface_errors_change_nothing() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.floodwall()?;
+    let iface = host.iface();
+
+    // Nothing attached yet.
+    rejected(&fw, &["attach", "fwnosuch0"], 2, "does not exist")?;
+    rejected(&fw, &["detach", iface], 2, "not attached")?;
+    // `lo` has no native XDP: the kernel refuses, and neither --dry-run nor the config's
+    // limits may stick (exit 1: the system refused, not the input).
+    let good = fw.state_dir().join("good.toml");
+    std::fs::write(&good, "[limits]\npps = 999\n")?;
+    let good = good.to_string_lossy().into_owned();
+    let native_lo = [
+        "attach",
+        "lo",
+        "--mode",
+        "native",
+        "--dry-run",
+        "--config",
+        &good,
+    ];
+    rejected(&fw, &native_lo, 1, "native")?;
+    ensure!(
+        !fw.pin_dir().join("prog").exists(),
+        "a failed attach left the program pinned"
+    );
+
+    fw.ok(&["attach", iface, "--mode", "native"])?;
+    let limits = fw.json(&["limit", "show", "--json"])?;
+    ensure!(
+        limits["dry_run"] == false && limits["pps"] == 0,
+        "a failed first attach left its limits behind: {limits}"
+    );
+    seed(&fw)?;
+    // Nor may a failed attach change the policy of the filter running on `iface`.
+    rejected(&fw, &native_lo, 1, "native")?;
+    rejected(&fw, &["attach", iface], 2, "already attached")?;
+    rejected(
+        &fw,
+        &["attach", iface, "--mode", "skb"],
+        2,
+        "already attached",
+    )?;
+    rejected(&fw, &["attach", "fwnosuch0"], 2, "does not exist")?;
+    // All or nothing: `lo` is not attached when the second name is unknown.
+    rejected(&fw, &["attach", "lo", "fwnosuch0"], 2, "fwnosuch0")?;
+    rejected(&fw, &["detach", "lo"], 2, "not attached")?;
+    rejected(&fw, &["detach", "fwnosuch0"], 2, "not attached")?;
+    rejected(&fw, &["detach", iface, "lo"], 2, "`lo`")?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn commands_before_attach_say_how_to_attach() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.floodwall()?;
+    for args in [
+        &["block", "add", "192.0.2.1"][..],
+        &["block", "del", "192.0.2.1"],
+        &["block", "list"],
+        &["block", "flush"],
+        &["allow", "add", "192.0.2.1"],
+        &["limit", "set", "--pps", "5"],
+        &["limit", "show"],
+        &["top"],
+        &["stats", "--json"],
+    ] {
+        rejected(&fw, args, 2, "floodwall attach")?;
+    }
+    let import = fw.state_dir().join("list.txt");
+    std::fs::write(&import, "192.0.2.1\n")?;
+    rejected(
+        &fw,
+        &["block", "import", &import.to_string_lossy()],
+        2,
+        "floodwall attach",
+    )?;
+    let status = fw.json(&["status", "--json"])?;
+    ensure!(
+        status == json!({ "loaded": false, "interfaces": [] }),
+        "status before attach: {status}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn bad_import_files_change_nothing() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.attached()?;
+    seed(&fw)?;
+    let dir = fw.state_dir();
+
+    let malformed = dir.join("malformed.txt");
+    std::fs::write(
+        &malformed,
+        "# good lines first\n203.0.113.1\n203.0.113.0/28\n\n10.0.0.0/33\n203.0.113.7\n",
+    )?;
+    rejected(
+        &fw,
+        &["block", "import", &malformed.to_string_lossy()],
+        2,
+        "line 5",
+    )?;
+    rejected(
+        &fw,
+        &["allow", "import", &malformed.to_string_lossy()],
+        2,
+        "10.0.0.0/33",
+    )?;
+
+    let range = dir.join("range.txt");
+    std::fs::write(
+        &range,
+        "create s hash:net\nadd s 203.0.113.1\nadd s 203.0.113.4-203.0.113.9\n",
+    )?;
+    rejected(
+        &fw,
+        &["block", "import", &range.to_string_lossy()],
+        2,
+        "line 3",
+    )?;
+
+    // A line that would lock the host out stops the whole import as well.
+    let own = dir.join("own.txt");
+    std::fs::write(&own, "203.0.113.1\n10.212.0.0/16\n")?;
+    rejected(
+        &fw,
+        &["block", "import", &own.to_string_lossy()],
+        2,
+        "--force",
+    )?;
+
+    let missing = dir.join("no-such-list.txt");
+    rejected(
+        &fw,
+        &["block", "import", &missing.to_string_lossy()],
+        2,
+        "no-such-list.txt",
+    )?;
+    rejected(
+        &fw,
+        &["block", "import", &dir.to_string_lossy()],
+        2,
+        "cannot read",
+    )?;
+
+    // From stdin.
+    let before = snapshot(&fw)?;
+    let out = fw.run_with_stdin(
+        &["block", "import", "-"],
+        Some(b"203.0.113.1\nnot-an-address\n"),
+    )?;
+    let stderr = floodwall_tests::cli::check_code(&["block", "import", "-"], &out, 2)?;
+    ensure!(stderr.contains("line 2"), "stdin import: {stderr}");
+    ensure!(snapshot(&fw)? == before, "a bad stdin import changed state");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn bad_config_file_is_rejected_with_the_key_named() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.floodwall()?;
+    let dir = fw.state_dir();
+    let unknown = dir.join("bad.toml");
+    std::fs::write(&unknown, "[limits]\npps = 10\nppps = 20\n")?;
+    let top_level = dir.join("bad-top.toml");
+    std::fs::write(&top_level, "bogus_key = 1\n")?;
+    let bad_value = dir.join("bad-value.toml");
+    std::fs::write(&bad_value, "[limits]\nprefix4 = 40\n")?;
+    let iface = host.iface();
+
+    // Before anything is loaded, and while attached elsewhere: nothing changes either way.
+    for round in 0..2 {
+        for (file, needle) in [
+            (&unknown, "ppps"),
+            (&top_level, "bogus_key"),
+            (&bad_value, "prefix4"),
+        ] {
+            let target = if round == 0 { iface } else { "lo" };
+            rejected(
+                &fw,
+                &["attach", target, "--config", &file.to_string_lossy()],
+                2,
+                needle,
+            )?;
+        }
+        let missing = dir.join("missing.toml");
+        rejected(
+            &fw,
+            &["attach", iface, "--config", &missing.to_string_lossy()],
+            2,
+            "missing.toml",
+        )?;
+        if round == 0 {
+            ensure!(
+                !fw.pin_dir().join("prog").exists(),
+                "a rejected config left the program pinned"
+            );
+            fw.ok(&["attach", iface, "--mode", "native"])?;
+            seed(&fw)?;
+        }
+    }
+
+    // The default config file (FLOODWALL_CONFIG) is checked the same way.
+    fw.ok(&["detach", "--all"])?;
+    std::fs::write(fw.config_path(), "[capacity]\nblock_hostz = 5\n")?;
+    rejected(&fw, &["attach", iface], 2, "block_hostz")?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn lists_and_limits_survive_detach_and_attach() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.attached()?;
+    fw.ok(&["block", "add", "192.0.2.1", "--comment", "by hand"])?;
+    fw.ok(&[
+        "block",
+        "add",
+        "2001:db8:1::/48",
+        "--ttl",
+        "1h",
+        "--comment",
+        "for an hour",
+    ])?;
+    fw.ok_with_stdin(&["block", "import", "-"], b"198.51.100.0/24\n")?;
+    fw.ok(&["allow", "add", "203.0.113.5"])?;
+    fw.ok(&[
+        "limit",
+        "set",
+        "--pps",
+        "50",
+        "--burst",
+        "7",
+        "--prefix6",
+        "56",
+    ])?;
+    let blocks = fw.json(&["block", "list", "--json"])?;
+    let allows = fw.json(&["allow", "list", "--json"])?;
+    let limits = fw.json(&["limit", "show", "--json"])?;
+
+    let by_cidr = |cidr: &str| {
+        blocks
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["cidr"] == cidr))
+            .cloned()
+    };
+    let manual = by_cidr("192.0.2.1").context("192.0.2.1 missing")?;
+    ensure!(
+        manual["origin"] == "manual"
+            && manual["comment"] == "by hand"
+            && manual["expires_at"].is_null(),
+        "{manual}"
+    );
+    let ttl = by_cidr("2001:db8:1::/48").context("2001:db8:1::/48 missing")?;
+    let left = ttl["ttl_left_secs"].as_u64().context("no ttl_left_secs")?;
+    ensure!(
+        (3590..=3600).contains(&left) && ttl["comment"] == "for an hour",
+        "{ttl}"
+    );
+    let imported = by_cidr("198.51.100.0/24").context("198.51.100.0/24 missing")?;
+    ensure!(imported["origin"] == "import", "{imported}");
+    ensure!(
+        limits["pps"] == 50 && limits["burst"] == 7 && limits["prefix6"] == 56,
+        "{limits}"
+    );
+
+    fw.ok(&["detach", "--all"])?;
+    ensure!(
+        !fw.pin_dir().join("prog").exists(),
+        "detach --all left the program pinned"
+    );
+    let status = fw.json(&["status", "--json"])?;
+    ensure!(status["loaded"] == false, "status after detach: {status}");
+    fw.ok(&["attach", host.iface()])?;
+
+    // ttl_left_secs may have ticked; everything else is identical.
+    let strip = without_ttl_left;
+    let blocks_after = fw.json(&["block", "list", "--json"])?;
+    ensure!(
+        strip(blocks_after.clone()) == strip(blocks.clone()),
+        "blocklist changed:\n{blocks}\n{blocks_after}"
+    );
+    ensure!(
+        fw.json(&["allow", "list", "--json"])? == allows,
+        "allowlist changed"
+    );
+    let limits_after = fw.json(&["limit", "show", "--json"])?;
+    ensure!(
+        limits_after == limits,
+        "limits changed:\n{limits}\n{limits_after}"
+    );
+    let status = fw.json(&["status", "--json"])?;
+    ensure!(
+        status["limits"]["pps"] == 50
+            && status["lists"]["block"] == 3
+            && status["lists"]["allow"] == 1,
+        "status after re-attach: {status}"
+    );
+    // And the entries are back in the kernel maps, not only in the state file.
+    let fill = |name: &str| {
+        status["maps"]
+            .as_array()
+            .and_then(|m| m.iter().find(|e| e["name"] == name))
+            .and_then(|e| e["entries"].as_u64())
+    };
+    ensure!(
+        fill("BLOCK4_HOST") == Some(1)
+            && fill("BLOCK4_NET") == Some(1)
+            && fill("BLOCK6_NET") == Some(1)
+            && fill("ALLOW4_HOST") == Some(1),
+        "map fill after re-attach: {status}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn ttl_entries_expire() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.attached()?;
+    fw.ok(&["block", "add", "192.0.2.9", "--ttl", "2s"])?;
+    fw.ok(&["block", "add", "192.0.2.10"])?;
+    let cidrs = block_cidrs(&fw)?;
+    ensure!(cidrs == set(&["192.0.2.9", "192.0.2.10"]), "{cidrs:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let cidrs = block_cidrs(&fw)?;
+    ensure!(cidrs == set(&["192.0.2.10"]), "after 3 s: {cidrs:?}");
+    let text = fw.ok(&["block", "list"])?;
+    ensure!(
+        !text.contains("192.0.2.9 "),
+        "human list still shows it: {text}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn imports_every_format_from_file_and_stdin() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.attached()?;
+    let formats: [(&str, &str, &[&str]); 4] = [
+        (
+            "plain",
+            "# my list\n192.0.2.1\n\n198.51.100.0/24   # trailing comment\n\t2001:db8:1::/48\n2001:db8:2::1\n",
+            &[
+                "192.0.2.1",
+                "198.51.100.0/24",
+                "2001:db8:1::/48",
+                "2001:db8:2::1",
+            ],
+        ),
+        (
+            "ipset",
+            "create set hash:net family inet hashsize 1024 maxelem 65536\nadd set 1.2.3.0/24\nadd set 5.6.7.8 timeout 0\n",
+            &["1.2.3.0/24", "5.6.7.8"],
+        ),
+        (
+            "firehol",
+            "#\n# firehol_level1\n#\n# ipv4 hash:net ipset\n#\n1.10.16.0/20\n1.19.0.0/16\n5.188.10.179\n",
+            &["1.10.16.0/20", "1.19.0.0/16", "5.188.10.179"],
+        ),
+        (
+            "spamhaus",
+            "; Spamhaus DROP List 2024/01/01 - (c) 2024 The Spamhaus Project\n; Last-Modified: Mon, 01 Jan 2024\n1.2.4.0/24 ; SBL1\n2.56.192.0/22 ; SBL459831\n",
+            &["1.2.4.0/24", "2.56.192.0/22"],
+        ),
+    ];
+    for (name, text, expected) in formats {
+        let file = fw.state_dir().join(format!("{name}.list"));
+        std::fs::write(&file, text)?;
+        for source in ["file", "stdin"] {
+            fw.ok(&["block", "flush"])?;
+            let out = if source == "file" {
+                fw.ok(&["block", "import", &file.to_string_lossy()])?
+            } else {
+                fw.ok_with_stdin(&["block", "import", "-"], text.as_bytes())?
+            };
+            ensure!(
+                out.contains(&format!("imported {}", expected.len())),
+                "{name} from {source}: {out}"
+            );
+            let list = block_list(&fw)?;
+            let cidrs: BTreeSet<String> = list
+                .iter()
+                .filter_map(|e| e["cidr"].as_str().map(str::to_owned))
+                .collect();
+            ensure!(cidrs == set(expected), "{name} from {source}: {cidrs:?}");
+            ensure!(
+                list.iter().all(|e| e["origin"] == "import"),
+                "{name} from {source}: origin: {list:?}"
+            );
+        }
+    }
+    // Import into the allowlist, with a comment and a TTL for every entry.
+    let out = fw.ok_with_stdin(
+        &[
+            "allow",
+            "import",
+            "-",
+            "--comment",
+            "partners",
+            "--ttl",
+            "1d",
+        ],
+        b"203.0.113.0/24\n2001:db8:ff::1\n",
+    )?;
+    ensure!(out.contains("imported 2"), "{out}");
+    let allows = fw.json(&["allow", "list", "--json"])?;
+    let allows = allows.as_array().context("allow list is not an array")?;
+    ensure!(
+        allows.len() == 2
+            && allows
+                .iter()
+                .all(|e| e["comment"] == "partners" && e["ttl_left_secs"].as_u64() > Some(86_000)),
+        "{allows:?}"
+    );
+    Ok(())
+}
+
+/// `count` distinct IPv4 host addresses in `10.<second>.0.0/16`.
+fn host_list(second: u8, count: u32) -> String {
+    let mut text = String::with_capacity(count as usize * 14);
+    for i in 0..count {
+        let _ = writeln!(text, "10.{second}.{}.{}", i / 256, i % 256);
+    }
+    text
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn concurrent_imports_are_both_applied() -> Result<()> {
+    const EACH: u32 = 20_000;
+    let host = Host::new()?;
+    let fw = host.attached()?;
+    let mut files = Vec::new();
+    for second in [1u8, 2] {
+        let path = fw.state_dir().join(format!("hosts-{second}.txt"));
+        std::fs::write(&path, host_list(second, EACH))?;
+        files.push(path.to_string_lossy().into_owned());
+    }
+    // Both running at once; the lock serialises them, and neither may lose the other's work.
+    let children = files
+        .iter()
+        .map(|f| {
+            fw.command(&["block", "import", f])
+                .spawn()
+                .with_context(|| format!("starting import of {f}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (child, file) in children.into_iter().zip(&files) {
+        let out = wait_output(child, COMMAND_TIMEOUT)?;
+        let stdout = check_ok(&["block", "import", file], &out)?;
+        ensure!(
+            stdout.contains(&format!("imported {EACH}")),
+            "{file}: {stdout}"
+        );
+    }
+    let cidrs = block_cidrs(&fw)?;
+    ensure!(
+        cidrs.len() == 2 * EACH as usize,
+        "{} entries after two imports of {EACH}",
+        cidrs.len()
+    );
+    for second in [1u8, 2] {
+        for i in [0, 1, EACH / 2, EACH - 1] {
+            let addr = format!("10.{second}.{}.{}", i / 256, i % 256);
+            ensure!(cidrs.contains(&addr), "{addr} missing");
+        }
+    }
+    let status = fw.json(&["status", "--json"])?;
+    ensure!(
+        status["lists"]["block"] == 2 * EACH,
+        "status lists: {}",
+        status["lists"]
+    );
+    let kernel = status["maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|e| e["name"] == "BLOCK4_HOST"))
+        .and_then(|e| e["entries"].as_u64());
+    ensure!(
+        kernel == Some(u64::from(2 * EACH)),
+        "BLOCK4_HOST holds {kernel:?}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn limit_set_and_show_round_trip() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.attached()?;
+    let defaults = fw.json(&["limit", "show", "--json"])?;
+    ensure!(defaults["pps"] == 0, "default pps: {defaults}");
+    fw.ok(&[
+        "limit",
+        "set",
+        "--pps",
+        "100",
+        "--burst",
+        "20",
+        "--bps",
+        "1000000",
+        "--burst-bytes",
+        "3000",
+        "--prefix4",
+        "24",
+        "--prefix6",
+        "48",
+        "--global-pps",
+        "50000",
+        "--new-sources",
+        "10",
+    ])?;
+    let limits = fw.json(&["limit", "show", "--json"])?;
+    for (key, want) in [
+        ("pps", json!(100)),
+        ("burst", json!(20)),
+        ("bps", json!(1_000_000)),
+        ("burst_bytes", json!(3000)),
+        ("prefix4", json!(24)),
+        ("prefix6", json!(48)),
+        ("global_pps", json!(50_000)),
+        ("new_sources", json!(10)),
+        ("global_bps", defaults["global_bps"].clone()),
+        ("dry_run", json!(false)),
+    ] {
+        ensure!(
+            limits[key] == want,
+            "{key}: {} != {want}: {limits}",
+            limits[key]
+        );
+    }
+    // Flags not given keep their value.
+    fw.ok(&["limit", "set", "--pps", "5"])?;
+    let again = fw.json(&["limit", "show", "--json"])?;
+    let mut expected = limits.clone();
+    expected["pps"] = json!(5);
+    ensure!(again == expected, "{again} != {expected}");
+    let text = fw.ok(&["limit", "show"])?;
+    ensure!(text.contains("5 pps"), "human limit show: {text}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn status_stats_and_top_json() -> Result<()> {
+    let host = Host::new()?;
+    let fw = host.attached()?;
+    fw.ok(&["block", "add", "192.0.2.1"])?;
+
+    let status = fw.json(&["status", "--json"])?;
+    ensure!(status["loaded"] == true, "{status}");
+    ensure!(
+        status["interfaces"] == json!([{ "iface": host.iface(), "mode": "native" }]),
+        "interfaces: {}",
+        status["interfaces"]
+    );
+    ensure!(
+        status["dry_run"] == false && status["lists"]["block"] == 1,
+        "{status}"
+    );
+    ensure!(
+        status["maps"].is_array() && status["limits"].is_object(),
+        "{status}"
+    );
+    let text = fw.ok(&["status"])?;
+    ensure!(
+        text.contains(host.iface()) && text.contains("native"),
+        "{text}"
+    );
+
+    // A second interface, in skb mode, shows up with its own mode.
+    fw.ok(&["attach", "lo", "--mode", "skb"])?;
+    let status = fw.json(&["status", "--json"])?;
+    let ifaces = status["interfaces"].as_array().context("no interfaces")?;
+    ensure!(
+        ifaces.contains(&json!({ "iface": "lo", "mode": "skb" }))
+            && ifaces.contains(&json!({ "iface": host.iface(), "mode": "native" })),
+        "interfaces: {ifaces:?}"
+    );
+    fw.ok(&["detach", "lo"])?;
+
+    let stats = fw.json(&["stats", "--json"])?;
+    ensure!(stats["interfaces"].is_array(), "{stats}");
+    ensure!(stats["health"].is_object(), "{stats}");
+    let totals = stats["totals"].as_object().context("no totals")?;
+    for reason in [
+        "passed",
+        "non_ip",
+        "allowlist",
+        "blocklist",
+        "over_pps",
+        "over_bps",
+        "newcomer",
+        "global_cap",
+        "malformed",
+        "dry_run",
+    ] {
+        let c = &totals
+            .get(reason)
+            .with_context(|| format!("totals lacks {reason}"))?;
+        ensure!(
+            c["packets"].is_u64() && c["bytes"].is_u64(),
+            "totals.{reason}: {c}"
+        );
+    }
+    let text = fw.ok(&["stats"])?;
+    ensure!(text.contains("blocklist"), "{text}");
+
+    let top = fw.json(&["top", "--json"])?;
+    ensure!(top.is_array(), "top --json: {top}");
+    let top = fw.json(&["top", "-n", "3", "--json"])?;
+    ensure!(
+        top.as_array().is_some_and(|a| a.len() <= 3),
+        "top -n 3: {top}"
+    );
+    fw.ok(&["top"])?;
+    Ok(())
+}
