@@ -14,7 +14,7 @@ use crate::{
     cidr::Cidr,
     kernel::{self, KernelError, ListMaps},
     paths::Paths,
-    state::{ListKind, Lock, Origin, Record, State, StateError, unix_now},
+    state::{ListKind, Lock, Origin, Record, State, StateError, unix_now, unix_now_ns},
 };
 
 #[derive(Debug, Error)]
@@ -100,12 +100,13 @@ pub fn list_bits(state: &State) -> u32 {
 }
 
 /// The kernel's entry for a record: its expiry moved from wall-clock to monotonic time.
-pub fn kernel_entry(record: &Record, unix_now: u64, mono_now_ns: u64) -> ListEntry {
-    let expires_ns = match record.expires_at {
+/// `unix_now_ns` is wall-clock time in ns, so a TTL keeps its sub-second remainder.
+pub fn kernel_entry(record: &Record, unix_now_ns: u64, mono_now_ns: u64) -> ListEntry {
+    let expires_ns = match record.expires_at.map(|at| at.saturating_mul(1_000_000_000)) {
         None => 0,
         // Already expired: any non-zero time in the past stops it matching.
-        Some(at) if at <= unix_now => 1,
-        Some(at) => mono_now_ns.saturating_add((at - unix_now).saturating_mul(1_000_000_000)),
+        Some(at) if at <= unix_now_ns => 1,
+        Some(at) => mono_now_ns.saturating_add(at - unix_now_ns),
     };
     ListEntry {
         expires_ns,
@@ -190,7 +191,7 @@ fn apply(
     progress: &dyn Fn(usize),
 ) -> Result<(), ListError> {
     let mut maps = ListMaps::open(paths, kind)?;
-    let (unow, mnow) = (unix_now(), mono_now_ns());
+    let (unow, mnow) = (unix_now_ns(), mono_now_ns());
     let before: BTreeMap<Cidr, Option<Record>> = changes
         .keys()
         .map(|c| (*c, state.list(kind).get(c).cloned()))
@@ -280,9 +281,11 @@ pub fn add(
     }
     let (_lock, mut state) = loaded_state(paths)?;
     let now = unix_now();
-    let expires_at = options
-        .ttl
-        .map(|ttl| now.saturating_add(ttl.as_secs().max(1)));
+    // Rounded up to the next whole second: an entry never expires before its TTL.
+    let expires_at = options.ttl.map(|ttl| {
+        let at_ns = unix_now_ns().saturating_add(ttl.as_nanos() as u64);
+        at_ns.div_ceil(1_000_000_000)
+    });
     let mut changes = expired_changes(&state, kind);
     let new = cidrs
         .iter()
@@ -347,7 +350,7 @@ pub fn list_live(state: &State, kind: ListKind) -> impl Iterator<Item = &Record>
 
 /// Writes every record of `state` into freshly loaded maps (on `attach`).
 pub fn restore(paths: &Paths, state: &State) -> Result<(), ListError> {
-    let (unow, mnow) = (unix_now(), mono_now_ns());
+    let (unow, mnow) = (unix_now_ns(), mono_now_ns());
     for kind in [ListKind::Allow, ListKind::Block] {
         let mut maps = ListMaps::open(paths, kind)?;
         for record in state.list(kind).values().filter(|r| !r.expired(unow)) {
@@ -373,14 +376,18 @@ mod tests {
 
     #[test]
     fn kernel_expiry_is_monotonic_time() {
-        assert_eq!(kernel_entry(&record("1.2.3.4", None), 100, 5).expires_ns, 0);
+        let s = 1_000_000_000;
         assert_eq!(
-            kernel_entry(&record("1.2.3.4", Some(90)), 100, 5).expires_ns,
+            kernel_entry(&record("1.2.3.4", None), 100 * s, 5).expires_ns,
+            0
+        );
+        assert_eq!(
+            kernel_entry(&record("1.2.3.4", Some(90)), 100 * s, 5).expires_ns,
             1
         );
         assert_eq!(
-            kernel_entry(&record("1.2.3.4", Some(130)), 100, 5).expires_ns,
-            5 + 30_000_000_000
+            kernel_entry(&record("1.2.3.4", Some(130)), 100 * s + 250, 5).expires_ns,
+            5 + 30 * s - 250
         );
     }
 

@@ -207,9 +207,14 @@ fn dir_of(path: &Path) -> &Path {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
+    unix_now_ns() / 1_000_000_000
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn unix_now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// An exclusive lock held for the life of a mutating command.

@@ -3,6 +3,7 @@
 //! Each command lives in its own module and calls `setup::run()` first, so a new one (demo,
 //! bench) is a module plus a variant here.
 
+mod bench;
 mod demo;
 mod lint;
 mod setup;
@@ -29,6 +30,8 @@ enum Cmd {
     Test(test::Args),
     /// Show floodwall protecting a UDP echo service from floods, in namespaces (needs root)
     Demo(demo::Args),
+    /// Measure per-packet program cost with BPF_PROG_TEST_RUN against bare XDP_DROP (needs root)
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -37,5 +40,6 @@ fn main() -> Result<()> {
         Cmd::Lint => lint::run(),
         Cmd::Test(args) => test::run(&args),
         Cmd::Demo(args) => demo::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
     }
 }
