@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use filter_common::Reason;
 use serde_json::json;
 use thiserror::Error;
@@ -84,6 +84,31 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
         watch: Option<u64>,
     },
+    /// Run as a service: attach (or adopt), log drops, ban repeat offenders, serve metrics
+    Run {
+        #[arg(required = true, value_name = "IFACE")]
+        ifaces: Vec<String>,
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        mode: AttachMode,
+        /// Config file (default: $FLOODWALL_CONFIG or /etc/floodwall/floodwall.toml)
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Address for the Prometheus endpoint (default 127.0.0.1:9477)
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Detach from the interfaces on exit (by default the filter stays attached)
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Re-read the config file and apply its limits live (and tell `floodwall run`)
+    Reload,
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
     /// The heaviest sources and their state
     Top {
         #[arg(short = 'n', default_value_t = 10)]
@@ -224,6 +249,10 @@ pub enum CliError {
     State(#[from] StateError),
     #[error(transparent)]
     Cidr(#[from] CidrError),
+    #[error(transparent)]
+    Reload(#[from] crate::reload::ReloadError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
     #[error("{source}")]
     Import {
         #[from]
@@ -255,6 +284,8 @@ impl CliError {
             CliError::Kernel(e) => matches!(e, KernelError::NotLoaded),
             CliError::Cidr(_) | CliError::Import { .. } | CliError::Limits { .. } => true,
             CliError::ReadFile { .. } => true,
+            CliError::Reload(e) => e.is_bad_input(),
+            CliError::Daemon(e) => e.is_bad_input(),
             CliError::State(_) | CliError::Output(_) => false,
         };
         if bad_input { 2 } else { 1 }
@@ -295,6 +326,49 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Limit(LimitCommand::Show { json }) => limit_show(&paths, json)?,
         Command::Stats { json, watch } => stats_command(&paths, json, watch)?,
         Command::Top { n, json } => top(&paths, n, json)?,
+        Command::Run {
+            ifaces,
+            mode,
+            config,
+            metrics,
+            detach_on_exit,
+        } => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .init();
+            let options = crate::daemon::RunOptions {
+                ifaces,
+                mode,
+                config,
+                metrics,
+                detach_on_exit,
+            };
+            crate::daemon::run(&paths, &options)?;
+        }
+        Command::Reload => {
+            let report = crate::reload::reload(&paths)?;
+            println!("applied limits from `{}`", paths.config.display());
+            if let Some(pid) = report.signalled {
+                println!("told floodwall run (pid {pid}) to reload its settings");
+            }
+            if report.capacity_changed {
+                println!(
+                    "note: map capacities are fixed at load time; they change on the next attach after `floodwall detach --all`"
+                );
+            }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "floodwall",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(CliError::Output)?;
+        }
     }
     Ok(())
 }
@@ -407,15 +481,16 @@ fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), C
                 force,
             };
             let total = cidrs.len();
-            let show = std::io::stderr().is_terminal() && total > 65_536;
+            let bar = (std::io::stderr().is_terminal() && total > 65_536)
+                .then(|| indicatif::ProgressBar::new(total as u64));
             let progress = |done: usize| {
-                if show {
-                    eprint!("\rimporting: {done}/{total}");
+                if let Some(bar) = &bar {
+                    bar.set_position(done as u64);
                 }
             };
             let new = lists::add(paths, kind, &cidrs, &options, &progress)?;
-            if show {
-                eprintln!();
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
             }
             println!(
                 "imported {total} entries into the {}: {new} new, {} updated",
@@ -687,8 +762,6 @@ fn top(paths: &Paths, n: usize, json: bool) -> Result<(), CliError> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
-
     use super::*;
 
     #[test]
@@ -746,6 +819,17 @@ mod tests {
             &["floodwall", "stats", "--watch"],
             &["floodwall", "stats", "--watch", "5", "--json"],
             &["floodwall", "top", "-n", "5", "--json"],
+            &["floodwall", "completions", "bash"],
+            &["floodwall", "man"],
+            &["floodwall", "reload"],
+            &[
+                "floodwall",
+                "run",
+                "eth0",
+                "--metrics",
+                "127.0.0.1:9100",
+                "--detach-on-exit",
+            ],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

@@ -61,12 +61,89 @@ impl Default for Capacity {
     }
 }
 
+/// `floodwall run`: logging, automatic bans, alerts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Hard cap on drop log lines per second, whatever the flood.
+    pub log_lines_per_sec: u32,
+    /// Address of the Prometheus endpoint (`--metrics` overrides it).
+    pub metrics: String,
+    pub bans: BanConfig,
+    pub alerts: AlertConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            log_lines_per_sec: 20,
+            metrics: String::from("127.0.0.1:9477"),
+            bans: BanConfig::default(),
+            alerts: AlertConfig::default(),
+        }
+    }
+}
+
+/// Automatic bans of sources that stay over their limit, growing for repeat offenders
+/// (like fail2ban's `bantime.increment`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BanConfig {
+    pub enabled: bool,
+    /// A source over its limit for this many seconds without a break is banned.
+    pub after_secs: u64,
+    /// The first ban's length.
+    pub base_secs: u64,
+    /// Each further offence multiplies the ban by this.
+    pub factor: u64,
+    /// Bans never grow beyond this.
+    pub max_secs: u64,
+    /// An offender with no ban for this long starts again from `base_secs`.
+    pub forget_after_secs: u64,
+    /// Sources watched or remembered at once; the oldest are dropped beyond it.
+    pub max_tracked: usize,
+}
+
+impl Default for BanConfig {
+    fn default() -> Self {
+        BanConfig {
+            enabled: true,
+            after_secs: 10,
+            base_secs: 60,
+            factor: 2,
+            max_secs: 86_400,
+            forget_after_secs: 86_400,
+            max_tracked: 100_000,
+        }
+    }
+}
+
+/// Thresholds logged at warn when crossed and again when cleared. 0 switches one off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Dropped packets per second over every interface.
+    pub drop_pps: u64,
+    /// Fill of any bounded map, in percent.
+    pub map_fill_percent: u64,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            drop_pps: 100_000,
+            map_fill_percent: 90,
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
     pub limits: Limits,
     pub capacity: Capacity,
+    pub service: ServiceConfig,
 }
 
 /// Capacities beyond this are a typo, not a plan (each entry costs kernel memory).
@@ -100,6 +177,29 @@ impl FileConfig {
                     max: MAX_CAPACITY,
                 });
             }
+        }
+        let bans = &config.service.bans;
+        if bans.factor == 0 || bans.base_secs == 0 || bans.max_secs < bans.base_secs {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: String::from(
+                    "[service.bans] needs factor >= 1, base_secs >= 1 and max_secs >= base_secs",
+                ),
+            });
+        }
+        if config
+            .service
+            .metrics
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!(
+                    "[service] metrics = `{}` is not an address such as 127.0.0.1:9477",
+                    config.service.metrics
+                ),
+            });
         }
         Ok(config)
     }
@@ -159,5 +259,9 @@ mod tests {
         assert!(parse("[capacity]\nsources = 0\n").is_err());
         assert!(parse("[limits]\npps = -1\n").is_err());
         assert!(parse("[limits]\nmalformed = \"maybe\"\n").is_err());
+        assert!(parse("[service.bans]\nfactor = 0\n").is_err());
+        assert!(parse("[service]\nmetrics = \"nowhere\"\n").is_err());
+        let err = parse("[service.bans]\nafter = 3\n").expect_err("unknown key");
+        assert!(err.to_string().contains("after"), "{err}");
     }
 }

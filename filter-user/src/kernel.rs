@@ -1,13 +1,13 @@
 //! The pinned kernel side: loading and pinning the program and its maps, attaching it to
 //! interfaces, and typed handles on the pinned maps for the short-lived commands.
 
-use std::{fs, net::IpAddr, path::PathBuf};
+use std::{fs, mem::size_of, net::IpAddr, path::PathBuf};
 
 use aya::{
     EbpfLoader,
     maps::{
         Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
-        PerCpuHashMap, lpm_trie::Key,
+        PerCpuHashMap, RingBuf, lpm_trie::Key,
     },
     programs::{
         ProgramError, Xdp, XdpMode,
@@ -404,6 +404,18 @@ pub fn read_misc(paths: &Paths) -> Result<Vec<u64>, KernelError> {
     Ok(out)
 }
 
+/// The per-source state map, for single lookups.
+pub fn open_sources(
+    paths: &Paths,
+) -> Result<HashMap<MapData, SourceKey, SourceState>, KernelError> {
+    open_as(paths, MAP_SOURCES)
+}
+
+/// The ring buffer of sampled drop events.
+pub fn open_events(paths: &Paths) -> Result<RingBuf<MapData>, KernelError> {
+    open_as(paths, MAP_EVENTS)
+}
+
 /// Every tracked source and its state.
 pub fn read_sources(paths: &Paths) -> Result<Vec<(SourceKey, SourceState)>, KernelError> {
     let map: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
@@ -525,6 +537,66 @@ impl ListMaps {
             ),
         };
         result.map_err(|source| full_or_update(name, source, self.capacity(name)))
+    }
+
+    /// Inserts every entry: exact hosts in batches (one `bpf(2)` call per many thousand),
+    /// prefixes one by one (prefix tries have no batch update). Stops at the first error.
+    pub fn insert_all(
+        &mut self,
+        items: &[(Cidr, ListEntry)],
+        progress: &dyn Fn(usize),
+    ) -> Result<(), KernelError> {
+        const BATCH: usize = 65_536;
+        let [h4, _, h6, _] = names(self.kind);
+        let mut done = 0;
+        let with_len = |c: &Cidr, e: &ListEntry| ListEntry {
+            prefix_len: u32::from(c.prefix_len()),
+            ..*e
+        };
+        for v4 in [true, false] {
+            let hosts: Vec<&(Cidr, ListEntry)> = items
+                .iter()
+                .filter(|(c, _)| c.is_host() && c.is_v4() == v4)
+                .collect();
+            for chunk in hosts.chunks(BATCH) {
+                let mut keys = Vec::with_capacity(chunk.len() * 16);
+                let mut values = Vec::with_capacity(chunk.len() * size_of::<ListEntry>());
+                for (cidr, entry) in chunk {
+                    match cidr.addr() {
+                        IpAddr::V4(a) => keys.extend_from_slice(&a.octets()),
+                        IpAddr::V6(a) => keys.extend_from_slice(&a.octets()),
+                    }
+                    let entry = with_len(cidr, entry);
+                    values.extend_from_slice(&entry.expires_ns.to_ne_bytes());
+                    values.extend_from_slice(&entry.prefix_len.to_ne_bytes());
+                    values.extend_from_slice(&entry._pad.to_ne_bytes());
+                }
+                let (name, fd) = if v4 {
+                    (h4, self.host4.map().fd())
+                } else {
+                    (h6, self.host6.map().fd())
+                };
+                if let Err(io_error) =
+                    crate::sys::map_update_batch(fd, &keys, &values, chunk.len() as u32)
+                {
+                    let source = MapError::SyscallError(aya::sys::SyscallError {
+                        call: "BPF_MAP_UPDATE_BATCH",
+                        io_error,
+                    });
+                    return Err(full_or_update(name, source, self.capacity(name)));
+                }
+                done += chunk.len();
+                progress(done);
+            }
+        }
+        for (cidr, entry) in items.iter().filter(|(c, _)| !c.is_host()) {
+            self.insert(cidr, entry)?;
+            done += 1;
+            if done % BATCH == 0 {
+                progress(done);
+            }
+        }
+        Ok(())
     }
 
     pub fn remove(&mut self, cidr: &Cidr) -> Result<(), KernelError> {

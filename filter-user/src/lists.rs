@@ -196,33 +196,33 @@ fn apply(
         .keys()
         .map(|c| (*c, state.list(kind).get(c).cloned()))
         .collect();
-    let mut done: Vec<Cidr> = Vec::with_capacity(changes.len());
     let mut failure = None;
-    for (i, (cidr, change)) in changes.iter().enumerate() {
-        let result = match change {
-            Some(record) => maps.insert(cidr, &kernel_entry(record, unow, mnow)),
-            None => maps.remove(cidr),
-        };
-        if let Err(e) = result {
+    for cidr in changes.iter().filter(|(_, c)| c.is_none()).map(|(c, _)| c) {
+        if let Err(e) = maps.remove(cidr) {
             failure = Some(e);
             break;
         }
-        done.push(*cidr);
-        if i % 65_536 == 0 {
-            progress(i);
-        }
     }
-    let rollback = |maps: &mut ListMaps, done: &[Cidr]| {
-        for cidr in done {
-            // Best effort: restoring what was there before the failed change.
-            let _ = match &before[cidr] {
+    if failure.is_none() {
+        let inserts: Vec<(Cidr, ListEntry)> = changes
+            .iter()
+            .filter_map(|(c, r)| r.as_ref().map(|r| (*c, kernel_entry(r, unow, mnow))))
+            .collect();
+        failure = maps.insert_all(&inserts, progress).err();
+    }
+    // Restores what every changed entry was before; entries the failed change never reached
+    // are rewritten with their own value, which changes nothing.
+    let rollback = |maps: &mut ListMaps| {
+        for (cidr, old) in &before {
+            // Best effort: this runs because something already failed.
+            let _ = match old {
                 Some(old) => maps.insert(cidr, &kernel_entry(old, unow, mnow)),
                 None => maps.remove(cidr),
             };
         }
     };
     if let Some(e) = failure {
-        rollback(&mut maps, &done);
+        rollback(&mut maps);
         return Err(e.into());
     }
     let mut new_state = state.clone();
@@ -239,7 +239,7 @@ fn apply(
         Ok(())
     };
     if let Err(e) = publish() {
-        rollback(&mut maps, &done);
+        rollback(&mut maps);
         let limits = state.limits.clone().unwrap_or_default();
         let _ = kernel::write_config(paths, &limits.to_config(list_bits(state)));
         return Err(e);
@@ -330,6 +330,20 @@ pub fn flush(paths: &Paths, kind: ListKind) -> Result<usize, ListError> {
     let n = list_live(&state, kind).count();
     let changes: BTreeMap<_, _> = state.list(kind).keys().map(|c| (*c, None)).collect();
     apply(paths, &mut state, kind, changes, &|_| {})?;
+    Ok(n)
+}
+
+/// Removes the entries whose time is up from the maps and the state. Returns how many.
+pub fn sweep_expired(paths: &Paths) -> Result<usize, ListError> {
+    let (_lock, mut state) = loaded_state(paths)?;
+    let mut n = 0;
+    for kind in [ListKind::Allow, ListKind::Block] {
+        let changes = expired_changes(&state, kind);
+        if !changes.is_empty() {
+            n += changes.len();
+            apply(paths, &mut state, kind, changes, &|_| {})?;
+        }
+    }
     Ok(n)
 }
 

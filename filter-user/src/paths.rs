@@ -98,6 +98,11 @@ impl Paths {
         self.state_dir.join("state.json")
     }
 
+    /// Holds the pid of `floodwall run` while it runs.
+    pub fn run_pid_file(&self) -> PathBuf {
+        self.state_dir.join("run.pid")
+    }
+
     pub fn lock_file(&self) -> PathBuf {
         self.state_dir.join("lock")
     }

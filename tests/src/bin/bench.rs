@@ -461,7 +461,8 @@ fn command_line(program: &str, args: &[&str]) -> String {
 
 fn machine() -> Machine {
     let mut commit = command_line("git", &["rev-parse", "--short", "HEAD"]);
-    if command_line("git", &["status", "--porcelain", "--untracked-files=no"]) != "" {
+    let dirty = command_line("git", &["status", "--porcelain", "--untracked-files=no"]);
+    if !dirty.is_empty() && dirty != "unknown" {
         commit.push_str(" (+ uncommitted changes)");
     }
     Machine {

@@ -1,0 +1,200 @@
+//! A packet source for tests and benchmarks (not part of floodwall's data path).
+//!
+//! Run with `BPF_PROG_TEST_RUN` in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`): the kernel
+//! hands this program copies of one template frame; it rewrites each frame's source address as
+//! `PKTGEN_CONFIG` says and redirects it out of `out_ifindex` (resolved in the network
+//! namespace of the thread that runs the test). Userspace: `floodwall-tests`' `pktgen` module,
+//! which also owns the layout of [`PktgenConfig`] (keep the two in step).
+//!
+//! Checksums are updated incrementally (RFC 1624, eqn. 3) from the frame's current contents:
+//! live-frame pages are recycled with whatever the previous run left in them, so a template
+//! whose checksums were correct stays correct.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_get_prandom_u32, bpf_redirect},
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+
+/// Every frame gets `base | (random & hostmask)`; a zero hostmask makes it a fixed address.
+const MODE_PREFIX: u32 = 0;
+/// Frames take the addresses of `PKTGEN_SET[0..set_len]` in turn (round robin per CPU).
+const MODE_SET: u32 = 1;
+
+/// The L4 checksum is UDP's: 0 means "none" (left alone) and a computed 0 is sent as 0xffff.
+const FLAG_L4_UDP: u32 = 1;
+
+/// Capacity of `PKTGEN_SET`.
+const SET_CAPACITY: u32 = 1 << 16;
+
+/// Offsets are masked with this: even (16-bit access) and bounded for the verifier.
+const OFFSET_MASK: u32 = 0x7fe;
+
+/// The configuration record. Addresses and masks are raw network-order bytes viewed as
+/// native `u32`s; only bitwise operations touch them, so byte order does not matter.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PktgenConfig {
+    pub out_ifindex: u32,
+    pub mode: u32,
+    /// Offset of the source address in the frame (even).
+    pub addr_off: u32,
+    /// 4 or 16.
+    pub addr_len: u32,
+    /// Offset of the IPv4 header checksum, 0 for none.
+    pub l3_csum_off: u32,
+    /// Offset of the TCP/UDP checksum, 0 for none.
+    pub l4_csum_off: u32,
+    pub flags: u32,
+    /// Entries of `PKTGEN_SET` in use (`MODE_SET`).
+    pub set_len: u32,
+    pub base: [u32; 4],
+    pub hostmask: [u32; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<PktgenConfig>() == 64);
+
+#[map]
+static PKTGEN_CONFIG: Array<PktgenConfig> = Array::with_max_entries(1, 0);
+#[map]
+static PKTGEN_SET: Array<[u32; 4]> = Array::with_max_entries(SET_CAPACITY, 0);
+#[map]
+static PKTGEN_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn pktgen(ctx: XdpContext) -> u32 {
+    match rewrite(&ctx) {
+        // SAFETY: a helper taking plain integers. It returns XDP_REDIRECT, or XDP_ABORTED
+        // for invalid flags (there are none).
+        Some(ifindex) => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// Rewrites the source address (and checksums); returns the interface to send out of.
+#[inline(always)]
+fn rewrite(ctx: &XdpContext) -> Option<u32> {
+    let cfg = PKTGEN_CONFIG.get(0)?;
+    let words = next_address(cfg)?;
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let addr = start + (cfg.addr_off & OFFSET_MASK) as usize;
+    let delta = if cfg.addr_len == 16 {
+        if addr + 16 > end {
+            return None;
+        }
+        // SAFETY: 16 bytes in bounds, checked above.
+        unsafe { store::<8>(addr as *mut u16, &words) }
+    } else {
+        if addr + 4 > end {
+            return None;
+        }
+        // SAFETY: 4 bytes in bounds, checked above.
+        unsafe { store::<2>(addr as *mut u16, &words) }
+    };
+    if cfg.l3_csum_off != 0 {
+        let field = start + (cfg.l3_csum_off & OFFSET_MASK) as usize;
+        if field + 2 > end {
+            return None;
+        }
+        // SAFETY: 2 bytes in bounds, checked above.
+        unsafe { adjust(field as *mut u16, delta, false) };
+    }
+    if cfg.l4_csum_off != 0 {
+        let field = start + (cfg.l4_csum_off & OFFSET_MASK) as usize;
+        if field + 2 > end {
+            return None;
+        }
+        // SAFETY: 2 bytes in bounds, checked above.
+        unsafe { adjust(field as *mut u16, delta, cfg.flags & FLAG_L4_UDP != 0) };
+    }
+    Some(cfg.out_ifindex)
+}
+
+/// The address for this frame, as four raw words (IPv4 uses the first).
+#[inline(always)]
+fn next_address(cfg: &PktgenConfig) -> Option<[u32; 4]> {
+    if cfg.mode == MODE_SET {
+        let cursor = PKTGEN_CURSOR.get_ptr_mut(0)?;
+        if cfg.set_len == 0 {
+            return None;
+        }
+        // SAFETY: this CPU's own slot; the program runs with preemption off.
+        let index = unsafe {
+            let i = *cursor % cfg.set_len;
+            *cursor = i + 1;
+            i
+        };
+        return PKTGEN_SET.get(index).copied();
+    }
+    if cfg.mode != MODE_PREFIX {
+        return None;
+    }
+    let mut words = cfg.base;
+    for (word, mask) in words.iter_mut().zip(cfg.hostmask) {
+        if mask != 0 {
+            // SAFETY: a helper without arguments.
+            *word |= unsafe { bpf_get_prandom_u32() } & mask;
+        }
+    }
+    Some(words)
+}
+
+/// Writes the first `N` 16-bit words of `words` at `p`; returns the one's-complement sum of
+/// the change (`~old + new` per word) for [`adjust`].
+///
+/// # Safety
+/// `p` must point to `2 * N` writable bytes.
+#[inline(always)]
+unsafe fn store<const N: usize>(p: *mut u16, words: &[u32; 4]) -> u32 {
+    let mut delta = 0u32;
+    for i in 0..N {
+        let word = words[i / 2];
+        let new = if i % 2 == 0 { word } else { word >> 16 } as u16;
+        // SAFETY: within the caller's 2 * N bytes; 16-bit aligned only by convention, and
+        // unaligned accesses are fine where this runs.
+        unsafe {
+            let q = p.add(i);
+            let old = q.read_unaligned();
+            q.write_unaligned(new);
+            delta += u32::from(!old) + u32::from(new);
+        }
+    }
+    delta
+}
+
+/// Applies a change summed by [`store`] to the checksum at `field`: HC' = ~(~HC + delta).
+///
+/// # Safety
+/// `field` must point to 2 writable bytes.
+#[inline(always)]
+unsafe fn adjust(field: *mut u16, delta: u32, udp: bool) {
+    // SAFETY: the caller's 2 bytes.
+    let old = unsafe { field.read_unaligned() };
+    if udp && old == 0 {
+        return;
+    }
+    let mut sum = u32::from(!old) + delta;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let mut new = !(sum as u16);
+    if udp && new == 0 {
+        new = 0xffff;
+    }
+    // SAFETY: as above.
+    unsafe { field.write_unaligned(new) };
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,436 @@
+//! `floodwall run`: the long-running service. It attaches (or adopts an attachment), turns
+//! sampled drop events into rate-capped log lines, bans sources that stay over their limit,
+//! sweeps expired list entries, raises alerts, serves metrics, reloads on SIGHUP and exits on
+//! SIGTERM or SIGINT, leaving the filter attached unless told otherwise.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use filter_common::{DropEvent, FAMILY_V4, Reason, SourceKey, mask_prefix};
+use log::{error, info, warn};
+use thiserror::Error;
+
+use crate::{
+    attach::{self, AttachError, AttachOptions},
+    bans::{Ban, Offenders},
+    cidr::Cidr,
+    config::{ConfigError, FileConfig, ServiceConfig},
+    kernel::{self, AttachMode, KernelError},
+    lists::{self, AddOptions},
+    metrics::{self, ServiceCounters},
+    paths::{Paths, PathsError},
+    reload::{self, ReloadError},
+    state::{ListKind, Origin, State, StateError, unix_now},
+    stats::{Stats, source_addr},
+};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Paths(#[from] PathsError),
+    #[error("floodwall run is already running (pid {pid}); stop it first")]
+    AlreadyRunning { pid: i32 },
+    #[error("cannot serve metrics on {addr}: {source}; pick another address with --metrics")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot write pid file `{path}`: {source}")]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DaemonError {
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            DaemonError::Attach(e) => e.is_bad_input(),
+            DaemonError::Config(_) | DaemonError::AlreadyRunning { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+pub struct RunOptions {
+    pub ifaces: Vec<String>,
+    pub mode: AttachMode,
+    pub config: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    pub detach_on_exit: bool,
+}
+
+/// How often events are drained; bans, sweeps and alerts run once a second.
+const POLL: Duration = Duration::from_millis(100);
+/// Events handled per poll at most: the ring buffer bounds them too, this bounds the work.
+const MAX_EVENTS_PER_POLL: usize = 10_000;
+
+pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
+    let config_path = options
+        .config
+        .clone()
+        .unwrap_or_else(|| paths.config.clone());
+    let mut file = FileConfig::load(&config_path, options.config.is_some())?;
+    if let Some(pid) = reload::running_service(paths) {
+        return Err(DaemonError::AlreadyRunning { pid });
+    }
+    let attached: Vec<String> = paths.links()?.into_iter().map(|(i, _, _)| i).collect();
+    let missing: Vec<String> = options
+        .ifaces
+        .iter()
+        .filter(|i| !attached.contains(i))
+        .cloned()
+        .collect();
+    for iface in options.ifaces.iter().filter(|i| attached.contains(i)) {
+        info!("adopted the existing attachment on {iface}");
+    }
+    if !missing.is_empty() {
+        // The service's config file, when there is one, sets the limits it starts with.
+        let attach_options = AttachOptions {
+            mode: options.mode,
+            config: (options.config.is_some() || config_path.exists())
+                .then_some(config_path.as_path()),
+            dry_run: false,
+        };
+        for (iface, mode) in attach::attach(paths, &missing, &attach_options)? {
+            info!("attached to {iface} ({} mode)", mode.name());
+        }
+    } else if config_path.exists() {
+        reload::apply(paths, &file)?;
+    }
+    let pid_file = paths.run_pid_file();
+    fs::write(&pid_file, format!("{}\n", std::process::id())).map_err(|source| {
+        DaemonError::PidFile {
+            path: pid_file.clone(),
+            source,
+        }
+    })?;
+    let result = serve(paths, options, &config_path, &mut file);
+    let _ = fs::remove_file(&pid_file);
+    if options.detach_on_exit {
+        match attach::detach(paths, &options.ifaces, false) {
+            Ok(done) => info!("detached from {}", done.join(", ")),
+            Err(e) => error!("detaching on exit: {e}"),
+        }
+    } else {
+        info!("exiting; the filter stays attached (floodwall detach to remove it)");
+    }
+    result
+}
+
+fn serve(
+    paths: &Paths,
+    options: &RunOptions,
+    config_path: &std::path::Path,
+    file: &mut FileConfig,
+) -> Result<(), DaemonError> {
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&term)).map_err(DaemonError::Signals)?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(DaemonError::Signals)?;
+
+    let counters = Arc::new(ServiceCounters::default());
+    let metrics_addr = match options.metrics {
+        Some(addr) => addr,
+        None => file
+            .service
+            .metrics
+            .parse()
+            .map_err(|_| ConfigError::Parse {
+                path: config_path.to_owned(),
+                message: format!("bad metrics address `{}`", file.service.metrics),
+            })?,
+    };
+    let server = metrics::serve(
+        metrics_addr,
+        paths.clone(),
+        Arc::clone(&counters),
+        Arc::clone(&term),
+    )
+    .map_err(|source| DaemonError::Metrics {
+        addr: metrics_addr,
+        source,
+    })?;
+    info!("serving metrics on http://{metrics_addr}/metrics");
+
+    let mut events = kernel::open_events(paths)?;
+    let sources = kernel::open_sources(paths)?;
+    let mut watch = Watch::new(file.service.clone(), Arc::clone(&counters));
+    let mut last_tick = Instant::now();
+    while !term.load(Ordering::Relaxed) {
+        if hup.swap(false, Ordering::Relaxed) {
+            match FileConfig::load(config_path, true) {
+                Ok(new) => match reload::apply(paths, &new) {
+                    Ok(_) => {
+                        info!("reloaded `{}`", config_path.display());
+                        watch.service = new.service.clone();
+                        *file = new;
+                    }
+                    Err(e) => error!("reload failed, keeping the old settings: {e}"),
+                },
+                Err(e) => error!("reload failed, keeping the old settings: {e}"),
+            }
+        }
+        let mut handled = 0;
+        while handled < MAX_EVENTS_PER_POLL {
+            let Some(item) = events.next() else { break };
+            if item.len() >= std::mem::size_of::<DropEvent>() {
+                // SAFETY: the kernel writes whole `DropEvent`s; read_unaligned copies it out.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) };
+                watch.event(&event, &file.limits, &sources);
+            }
+            handled += 1;
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            watch.tick(paths, &sources, file);
+        }
+        std::thread::sleep(POLL);
+    }
+    let _ = server.join();
+    Ok(())
+}
+
+type SourceMap = aya::maps::HashMap<aya::maps::MapData, SourceKey, filter_common::SourceState>;
+
+/// The service's per-second work and its bounded memory.
+struct Watch {
+    service: ServiceConfig,
+    counters: Arc<ServiceCounters>,
+    offenders: Offenders,
+    /// The wall-clock second (Unix time) `log_budget` is for: the cap holds per second of the
+    /// log's own timestamps, not per stretch between ticks (one may straddle two seconds).
+    log_second: u64,
+    /// Log lines left in `log_second`.
+    log_budget: u32,
+    suppressed_this_second: u64,
+    last_dropped: Option<(Instant, u64)>,
+    drop_alert: bool,
+    fill_alerts: HashSet<&'static str>,
+}
+
+impl Watch {
+    fn new(service: ServiceConfig, counters: Arc<ServiceCounters>) -> Watch {
+        Watch {
+            log_second: unix_now(),
+            log_budget: service.log_lines_per_sec,
+            service,
+            counters,
+            offenders: Offenders::default(),
+            suppressed_this_second: 0,
+            last_dropped: None,
+            drop_alert: false,
+            fill_alerts: HashSet::new(),
+        }
+    }
+
+    /// Starts a new log budget when the wall clock has moved on to another second, first
+    /// reporting what the last one suppressed.
+    fn roll_log_second(&mut self) {
+        let now = unix_now();
+        if now == self.log_second {
+            return;
+        }
+        if self.suppressed_this_second > 0 {
+            warn!(
+                "suppressed {} drop log lines in the last second (cap {} per second)",
+                self.suppressed_this_second, self.service.log_lines_per_sec
+            );
+            self.suppressed_this_second = 0;
+        }
+        self.log_second = now;
+        self.log_budget = self.service.log_lines_per_sec;
+    }
+
+    fn event(&mut self, event: &DropEvent, limits: &crate::limits::Limits, sources: &SourceMap) {
+        self.counters.events.fetch_add(1, Ordering::Relaxed);
+        self.roll_log_second();
+        let raw = SourceKey {
+            family: event.family,
+            addr: event.addr,
+        };
+        let reason = Reason::from_u32(event.reason).map_or("unknown", Reason::name);
+        if self.log_budget > 0 {
+            self.log_budget -= 1;
+            self.counters.log_lines.fetch_add(1, Ordering::Relaxed);
+            let iface =
+                kernel::ifname(event.ifindex).unwrap_or_else(|| format!("if{}", event.ifindex));
+            info!("drop {reason} from {} on {iface}", source_addr(&raw));
+        } else {
+            self.suppressed_this_second += 1;
+            self.counters
+                .log_lines_suppressed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if self.service.bans.enabled
+            && matches!(
+                Reason::from_u32(event.reason),
+                Some(Reason::OverPps | Reason::OverBps)
+            )
+        {
+            let mut key = raw;
+            let prefix = if key.family == FAMILY_V4 {
+                limits.prefix4
+            } else {
+                limits.prefix6
+            };
+            mask_prefix(&mut key.addr, prefix);
+            // Its drop count now: only drops after this one count towards a ban.
+            let dropped = sources.get(&key, 0).map_or(0, |s| s.dropped);
+            self.offenders
+                .suspect(key, dropped, unix_now(), &self.service.bans);
+        }
+    }
+
+    fn tick(&mut self, paths: &Paths, sources: &SourceMap, file: &FileConfig) {
+        self.roll_log_second();
+        let now = unix_now();
+        if self.service.bans.enabled {
+            for key in self.offenders.watched() {
+                let dropped = sources.get(&key, 0).ok().map(|s| s.dropped);
+                if let Some(ban) = self
+                    .offenders
+                    .observe(key, dropped, now, &self.service.bans)
+                {
+                    self.ban(paths, &ban, file);
+                }
+            }
+        }
+        if let Ok(state) = State::load(paths)
+            && [ListKind::Allow, ListKind::Block]
+                .iter()
+                .any(|k| state.list(*k).values().any(|r| r.expired(now)))
+        {
+            match lists::sweep_expired(paths) {
+                Ok(n) if n > 0 => info!("removed {n} expired list entries"),
+                Ok(_) => {}
+                Err(e) => warn!("sweeping expired entries: {e}"),
+            }
+        }
+        self.alerts(paths);
+    }
+
+    fn ban(&mut self, paths: &Paths, ban: &Ban, file: &FileConfig) {
+        let addr = source_addr(&ban.key);
+        let prefix = match addr {
+            IpAddr::V4(_) => file.limits.prefix4,
+            IpAddr::V6(_) => file.limits.prefix6,
+        };
+        let Ok(cidr) = Cidr::new(addr, prefix as u8) else {
+            return;
+        };
+        let allowlisted = State::load(paths)
+            .is_ok_and(|s| lists::list_live(&s, ListKind::Allow).any(|r| r.cidr.contains(&addr)));
+        if allowlisted {
+            return;
+        }
+        let comment = format!(
+            "over its limit for {}s (offence {})",
+            ban.over_secs, ban.offence
+        );
+        let options = AddOptions {
+            ttl: Some(Duration::from_secs(ban.ttl_secs)),
+            comment: Some(&comment),
+            origin: Origin::Auto,
+            force: false,
+        };
+        match lists::add(paths, ListKind::Block, &[cidr], &options, &|_| {}) {
+            Ok(_) => {
+                self.counters.bans.fetch_add(1, Ordering::Relaxed);
+                if ban.offence > 1 {
+                    self.counters.escalations.fetch_add(1, Ordering::Relaxed);
+                }
+                warn!(
+                    "banned {cidr} for {}s: over its limit for {}s, offence {}",
+                    ban.ttl_secs, ban.over_secs, ban.offence
+                );
+            }
+            Err(e) => warn!("not banning {cidr}: {e}"),
+        }
+    }
+
+    fn alerts(&mut self, paths: &Paths) {
+        let alerts = &self.service.alerts;
+        if alerts.drop_pps > 0
+            && let Ok(stats) = Stats::read(paths)
+        {
+            let dropped = stats.dropped();
+            if let Some((at, before)) = self.last_dropped {
+                let pps = dropped.saturating_sub(before) as f64 / at.elapsed().as_secs_f64();
+                let over = pps >= alerts.drop_pps as f64;
+                if over != self.drop_alert {
+                    self.drop_alert = over;
+                    if over {
+                        warn!(
+                            "ALERT: dropping {pps:.0} packets/s (threshold {})",
+                            alerts.drop_pps
+                        );
+                    } else {
+                        warn!(
+                            "cleared: dropping {pps:.0} packets/s (threshold {})",
+                            alerts.drop_pps
+                        );
+                    }
+                }
+            }
+            self.last_dropped = Some((Instant::now(), dropped));
+        }
+        if alerts.map_fill_percent > 0
+            && let Ok(fill) = kernel::map_fill(paths)
+        {
+            let mut now_over: BTreeMap<&'static str, u64> = BTreeMap::new();
+            for m in &fill {
+                if m.capacity > 0 {
+                    let pct = m.entries * 100 / u64::from(m.capacity);
+                    if pct >= alerts.map_fill_percent {
+                        now_over.insert(m.name, pct);
+                    }
+                }
+            }
+            for (name, pct) in &now_over {
+                if self.fill_alerts.insert(name) {
+                    warn!(
+                        "ALERT: map {name} is {pct}% full (threshold {}%)",
+                        alerts.map_fill_percent
+                    );
+                }
+            }
+            self.fill_alerts.retain(|name| {
+                let keep = now_over.contains_key(name);
+                if !keep {
+                    warn!(
+                        "cleared: map {name} below {}% full",
+                        alerts.map_fill_percent
+                    );
+                }
+                keep
+            });
+        }
+    }
+}

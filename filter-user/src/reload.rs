@@ -1,0 +1,87 @@
+//! `floodwall reload` and SIGHUP: re-read the config file and apply its limits live.
+
+use std::fs;
+
+use filter_common::{MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_SOURCES};
+use thiserror::Error;
+
+use crate::{
+    config::{ConfigError, FileConfig},
+    kernel::{self, KernelError},
+    lists::list_bits,
+    paths::Paths,
+    state::{Lock, State, StateError},
+};
+
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl ReloadError {
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            ReloadError::Config(_) | ReloadError::Kernel(KernelError::NotLoaded)
+        )
+    }
+}
+
+pub struct ReloadReport {
+    /// The `floodwall run` process told to reload its own settings.
+    pub signalled: Option<i32>,
+    /// The file asks for other map capacities than the loaded program has.
+    pub capacity_changed: bool,
+}
+
+/// Reads the config file and applies its limits; then signals a running service.
+pub fn reload(paths: &Paths) -> Result<ReloadReport, ReloadError> {
+    if !paths.is_loaded() {
+        return Err(KernelError::NotLoaded.into());
+    }
+    let file = FileConfig::load(&paths.config, true)?;
+    let capacity_changed = apply(paths, &file)?;
+    let signalled = running_service(paths).filter(|pid| {
+        // SAFETY: plain kill(2) on a pid read from our own pid file.
+        unsafe { libc::kill(*pid, libc::SIGHUP) == 0 }
+    });
+    Ok(ReloadReport {
+        signalled,
+        capacity_changed,
+    })
+}
+
+/// Applies the limits of `file` to the kernel and the state. Returns whether the file's map
+/// capacities differ from the loaded ones (those need a fresh attach).
+pub fn apply(paths: &Paths, file: &FileConfig) -> Result<bool, ReloadError> {
+    let _lock = Lock::acquire(paths)?;
+    let mut state = State::load(paths)?;
+    let old = state.limits.replace(file.limits.clone());
+    kernel::write_config(paths, &file.limits.to_config(list_bits(&state)))?;
+    if let Err(e) = state.save(paths) {
+        let old = old.unwrap_or_default();
+        let _ = kernel::write_config(paths, &old.to_config(list_bits(&state)));
+        return Err(e.into());
+    }
+    let fill = kernel::map_fill(paths)?;
+    let capacity = |name: &str| fill.iter().find(|m| m.name == name).map(|m| m.capacity);
+    Ok(capacity(MAP_BLOCK4_HOST) != Some(file.capacity.block_hosts)
+        || capacity(MAP_BLOCK4_NET) != Some(file.capacity.block_nets)
+        || capacity(MAP_SOURCES) != Some(file.capacity.sources))
+}
+
+/// The pid of a live `floodwall run`, from its pid file.
+pub fn running_service(paths: &Paths) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(paths.run_pid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: signal 0 only checks that the process exists.
+    (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+}
