@@ -19,7 +19,7 @@ use crate::{
     limits::{Limits, LimitsError, MalformedAction},
     lists::{self, AddOptions, ListError, list_bits},
     paths::Paths,
-    state::{ListKind, Lock, Origin, State, StateError, unix_now},
+    state::{ListKind, Lock, Origin, State, StateError, unix_now_ns},
     stats::{self, Stats},
 };
 
@@ -419,7 +419,10 @@ fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), C
         }
         ListCommand::List { json } => {
             let records = lists::list(paths, kind)?;
-            let now = unix_now();
+            let now_ns = unix_now_ns();
+            // Whole seconds left, rounded down: never more than the TTL given.
+            let left =
+                |at: u64| at.saturating_mul(1_000_000_000).saturating_sub(now_ns) / 1_000_000_000;
             if json {
                 let items: Vec<_> = records
                     .iter()
@@ -430,7 +433,7 @@ fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), C
                             "comment": r.comment,
                             "added_at": r.added_at,
                             "expires_at": r.expires_at,
-                            "ttl_left_secs": r.expires_at.map(|t| t.saturating_sub(now)),
+                            "ttl_left_secs": r.expires_at.map(left),
                         })
                     })
                     .collect();
@@ -440,7 +443,7 @@ fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), C
                 for r in &records {
                     let left = r
                         .expires_at
-                        .map_or_else(|| "-".to_owned(), |t| format_secs(t.saturating_sub(now)));
+                        .map_or_else(|| "-".to_owned(), |t| format_secs(left(t)));
                     println!(
                         "{:<43} {:>10} {:<8} {}",
                         r.cidr.to_string(),
@@ -566,17 +569,26 @@ fn print_limits(l: &Limits) {
             format!("{v} {unit}")
         }
     };
+    let with_burst = |rate: u64, unit: &str, burst: u64| {
+        if rate == 0 {
+            "off".to_owned()
+        } else {
+            format!("{rate} {unit} (burst {burst})")
+        }
+    };
     println!(
-        "per source:  {} (burst {}), {} (burst {})",
-        off(l.pps, "pps"),
-        l.effective_burst(),
-        off(l.bps, "B/s"),
-        l.effective_burst_bytes()
+        "per source:  {}, {}",
+        with_burst(l.pps, "pps", l.effective_burst()),
+        with_burst(l.bps, "B/s", l.effective_burst_bytes())
     );
     println!("source key:  IPv4 /{}, IPv6 /{}", l.prefix4, l.prefix6);
+    let admission = if l.new_sources == 0 {
+        "every new source".to_owned()
+    } else {
+        format!("{} new sources/s", l.new_sources)
+    };
     println!(
-        "admission:   {} new sources/s; newcomers share {}",
-        l.new_sources,
+        "admission:   {admission}; newcomers share {}",
         off(l.newcomer_pps, "pps")
     );
     println!(
@@ -585,8 +597,11 @@ fn print_limits(l: &Limits) {
         off(l.global_bps, "B/s")
     );
     println!(
-        "malformed:   {:?}; dry-run: {}",
-        l.malformed,
+        "malformed:   {}; dry-run: {}",
+        match l.malformed {
+            MalformedAction::Drop => "drop",
+            MalformedAction::Pass => "pass",
+        },
         if l.dry_run { "on" } else { "off" }
     );
 }

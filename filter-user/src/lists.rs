@@ -367,7 +367,11 @@ pub fn restore(paths: &Paths, state: &State) -> Result<(), ListError> {
     let (unow, mnow) = (unix_now_ns(), mono_now_ns());
     for kind in [ListKind::Allow, ListKind::Block] {
         let mut maps = ListMaps::open(paths, kind)?;
-        for record in state.list(kind).values().filter(|r| !r.expired(unow)) {
+        for record in state
+            .list(kind)
+            .values()
+            .filter(|r| !r.expired(unow / 1_000_000_000))
+        {
             maps.insert(&record.cidr, &kernel_entry(record, unow, mnow))?;
         }
     }
