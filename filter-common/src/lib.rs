@@ -5,8 +5,10 @@
 
 pub mod limiter;
 pub mod maps;
+pub mod pktgen;
 pub mod reason;
 
 pub use limiter::{Bucket, byte_cost, gcra};
 pub use maps::*;
+pub use pktgen::PktgenConfig;
 pub use reason::Reason;

@@ -20,6 +20,17 @@ pub const MAP_BLOCK4_HOST: &str = "BLOCK4_HOST";
 pub const MAP_BLOCK4_NET: &str = "BLOCK4_NET";
 pub const MAP_BLOCK6_HOST: &str = "BLOCK6_HOST";
 pub const MAP_BLOCK6_NET: &str = "BLOCK6_NET";
+/// The eight list maps, allowlist then blocklist, each IPv4 host, IPv4 net, IPv6 host, IPv6 net.
+pub const LIST_MAP_NAMES: [&str; 8] = [
+    MAP_ALLOW4_HOST,
+    MAP_ALLOW4_NET,
+    MAP_ALLOW6_HOST,
+    MAP_ALLOW6_NET,
+    MAP_BLOCK4_HOST,
+    MAP_BLOCK4_NET,
+    MAP_BLOCK6_HOST,
+    MAP_BLOCK6_NET,
+];
 /// The XDP program's function name in the object.
 pub const PROGRAM_NAME: &str = "floodwall";
 

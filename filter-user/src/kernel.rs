@@ -16,10 +16,10 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
-    Config, Counter, CounterKey, ListEntry, MAP_ALLOW4_HOST, MAP_ALLOW4_NET, MAP_ALLOW6_HOST,
-    MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_CONFIG,
-    MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS, MAP_GLOBALS, MAP_MISC, MAP_SOURCES, PROGRAM_NAME,
-    SourceKey, SourceState,
+    Config, Counter, CounterKey, LIST_MAP_NAMES, ListEntry, MAP_ALLOW4_HOST, MAP_ALLOW4_NET,
+    MAP_ALLOW6_HOST, MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_BLOCK6_HOST,
+    MAP_BLOCK6_NET, MAP_CONFIG, MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS, MAP_GLOBALS, MAP_MISC,
+    MAP_SOURCES, PROGRAM_NAME, SourceKey, SourceState,
 };
 use thiserror::Error;
 
@@ -186,7 +186,7 @@ pub fn load(paths: &Paths, capacity: &Capacity) -> Result<(), KernelError> {
 
 /// Removes every pin: the program and maps go away with the last reference.
 pub fn unload(paths: &Paths) -> Result<(), KernelError> {
-    for name in MAP_NAMES {
+    for name in STATE_MAP_NAMES.iter().chain(&LIST_MAP_NAMES) {
         remove_pin(paths.map_pin(name))?;
     }
     remove_pin(paths.program_pin())?;
@@ -206,8 +206,8 @@ fn remove_pin(path: PathBuf) -> Result<(), KernelError> {
     }
 }
 
-/// Every map the program pins.
-pub const MAP_NAMES: [&str; 15] = [
+/// Every map the program pins besides the list maps (`LIST_MAP_NAMES`).
+const STATE_MAP_NAMES: [&str; 7] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_MISC,
@@ -215,14 +215,6 @@ pub const MAP_NAMES: [&str; 15] = [
     MAP_SOURCES,
     MAP_EVENTS,
     MAP_EVENT_SEEN,
-    MAP_ALLOW4_HOST,
-    MAP_ALLOW4_NET,
-    MAP_ALLOW6_HOST,
-    MAP_ALLOW6_NET,
-    MAP_BLOCK4_HOST,
-    MAP_BLOCK4_NET,
-    MAP_BLOCK6_HOST,
-    MAP_BLOCK6_NET,
 ];
 
 /// Attaches the pinned program to `iface` and pins the link. Returns the mode it got.
@@ -439,19 +431,10 @@ pub fn read_sources(paths: &Paths) -> Result<Vec<(SourceKey, SourceState)>, Kern
 /// Fill level of every bounded map that grows at run time.
 pub fn map_fill(paths: &Paths) -> Result<Vec<MapFill>, KernelError> {
     let mut out = Vec::new();
-    for name in [
-        MAP_ALLOW4_HOST,
-        MAP_ALLOW4_NET,
-        MAP_ALLOW6_HOST,
-        MAP_ALLOW6_NET,
-        MAP_BLOCK4_HOST,
-        MAP_BLOCK4_NET,
-        MAP_BLOCK6_HOST,
-        MAP_BLOCK6_NET,
-        MAP_SOURCES,
-        MAP_COUNTERS,
-        MAP_EVENT_SEEN,
-    ] {
+    for name in LIST_MAP_NAMES
+        .into_iter()
+        .chain([MAP_SOURCES, MAP_COUNTERS, MAP_EVENT_SEEN])
+    {
         let data = MapData::from_pin(paths.map_pin(name))
             .map_err(|source| KernelError::OpenMap { name, source })?;
         let capacity = data
