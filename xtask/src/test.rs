@@ -40,10 +40,11 @@ pub fn run(args: &Args) -> Result<()> {
             "root tests need root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF): run as root".into(),
         )
     } else {
-        // One at a time: they share bpffs pins, interface names and CPU for timing.
+        // One at a time: they share CPU for timing and some count traffic. Every test file
+        // runs even after a failure, so one run shows every failure.
         stage(
             util::cargo()
-                .args(["test", "-p", "floodwall-tests", "--"])
+                .args(["test", "--no-fail-fast", "-p", "floodwall-tests", "--"])
                 .args(["--ignored", "--test-threads=1"])
                 .args(&args.harness_args),
         )
