@@ -4,4 +4,5 @@ pub mod model;
 pub mod netns;
 pub mod pktgen;
 pub mod program;
+pub mod receivers;
 pub mod traffic;

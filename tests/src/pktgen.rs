@@ -28,6 +28,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
+use filter_common::pktgen::{self, PktgenConfig};
 use floodwall::{PKTGEN_OBJECT, kernel};
 
 use crate::netns::{Netns, run_in};
@@ -37,7 +38,7 @@ pub const MAX_FRAMES: u64 = 200_000_000;
 /// Hard cap on the time one [`PacketSource::send`] takes, whatever it is asked for.
 pub const MAX_TIME: Duration = Duration::from_secs(60);
 /// Largest number of addresses in [`Sources::Set`] (the program's set map capacity).
-pub const SET_CAPACITY: usize = 1 << 16;
+pub const SET_CAPACITY: usize = pktgen::PKTGEN_SET_CAPACITY as usize;
 /// Live frames fit in one page with the kernel's headroom and tailroom: stay well inside it.
 pub const MAX_FRAME_LEN: usize = 3000;
 /// The kernel's default live-frames batch (`NAPI_POLL_WEIGHT`); at most this many frames are
@@ -57,36 +58,14 @@ const MAP_CONFIG: &str = "PKTGEN_CONFIG";
 const MAP_SET: &str = "PKTGEN_SET";
 const MAP_CURSOR: &str = "PKTGEN_CURSOR";
 
-const MODE_PREFIX: u32 = 0;
-const MODE_SET: u32 = 1;
-const FLAG_L4_UDP: u32 = 1;
+const MODE_PREFIX: u32 = pktgen::PKTGEN_MODE_PREFIX;
+const MODE_SET: u32 = pktgen::PKTGEN_MODE_SET;
+const FLAG_L4_UDP: u32 = pktgen::PKTGEN_FLAG_L4_UDP;
 /// The kernel program masks offsets with this (even, bounded).
-const OFFSET_MASK: usize = 0x7fe;
+const OFFSET_MASK: usize = pktgen::PKTGEN_OFFSET_MASK as usize;
 
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
-
-/// The kernel program's configuration record: keep in step with `PktgenConfig` in
-/// `filter-ebpf/src/bin/pktgen.rs`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct PktgenConfig {
-    out_ifindex: u32,
-    mode: u32,
-    addr_off: u32,
-    addr_len: u32,
-    l3_csum_off: u32,
-    l4_csum_off: u32,
-    flags: u32,
-    set_len: u32,
-    base: [u32; 4],
-    hostmask: [u32; 4],
-}
-
-const _: () = assert!(std::mem::size_of::<PktgenConfig>() == 64);
-
-// SAFETY: repr(C), only u32 fields, no padding (size asserted above).
-unsafe impl aya::Pod for PktgenConfig {}
 
 /// Which source address each frame gets. All addresses must be of the template's family.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -367,6 +346,13 @@ impl<'a> PacketSource<'a> {
 
     /// Sends `frames` copies of `template` (at most [`MAX_FRAMES`]), each with a source address
     /// from `sources`, and stops after `max_time` (at most [`MAX_TIME`]) even if not done.
+    ///
+    /// Runs `BPF_PROG_TEST_RUN` repeatedly, each run sized to take about 50 ms (at most 1M
+    /// frames), from a thread inside the sender's namespace. What the kernel requires of a
+    /// live-frames run (`net/bpf/test_run.c`), and this meets: flags exactly
+    /// `BPF_F_TEST_XDP_LIVE_FRAMES`; `batch_size` 0 (= 64) to 256, else E2BIG; `data_in` of at
+    /// least `ETH_HLEN` bytes and small enough to fit one page after the headroom, the page head
+    /// and `skb_shared_info` (no jumbo frames); no `data_out` or `ctx_out`; `repeat` 0 means 1.
     pub fn send(
         &self,
         template: &[u8],

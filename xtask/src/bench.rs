@@ -1,5 +1,7 @@
-//! `cargo xtask bench`: per-packet cost of the XDP program with `BPF_PROG_TEST_RUN`, against
-//! a bare `XDP_DROP` program; writes BENCHMARKS.md and bench-results.json (needs root).
+//! `cargo xtask bench`: throughput into a veth peer (live frames between two benchmark
+//! namespaces) against a bare `XDP_DROP`, nftables and iptables; limiter accuracy; per-packet
+//! program cost and its scaling with `BPF_PROG_TEST_RUN`; `floodwall block import` against
+//! `nft -f`. Writes BENCHMARKS.md and bench-results.json (needs root).
 
 use anyhow::{Result, bail};
 
@@ -7,7 +9,7 @@ use crate::{setup, util};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Fewer, shorter samples (repeat 200,000, median of 3) instead of 1,000,000 and 5
+    /// Fewer, shorter samples (under 2 minutes) instead of the full run
     #[arg(long)]
     quick: bool,
 }

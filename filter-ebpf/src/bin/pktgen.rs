@@ -4,7 +4,7 @@
 //! hands this program copies of one template frame; it rewrites each frame's source address as
 //! `PKTGEN_CONFIG` says and redirects it out of `out_ifindex` (resolved in the network
 //! namespace of the thread that runs the test). Userspace: `floodwall-tests`' `pktgen` module,
-//! which also owns the layout of [`PktgenConfig`] (keep the two in step).
+//! both sharing [`PktgenConfig`] from `filter-common`.
 //!
 //! Checksums are updated incrementally (RFC 1624, eqn. 3) from the frame's current contents:
 //! live-frame pages are recycled with whatever the previous run left in them, so a template
@@ -20,43 +20,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-/// Every frame gets `base | (random & hostmask)`; a zero hostmask makes it a fixed address.
-const MODE_PREFIX: u32 = 0;
-/// Frames take the addresses of `PKTGEN_SET[0..set_len]` in turn (round robin per CPU).
-const MODE_SET: u32 = 1;
-
-/// The L4 checksum is UDP's: 0 means "none" (left alone) and a computed 0 is sent as 0xffff.
-const FLAG_L4_UDP: u32 = 1;
-
-/// Capacity of `PKTGEN_SET`.
-const SET_CAPACITY: u32 = 1 << 16;
-
-/// Offsets are masked with this: even (16-bit access) and bounded for the verifier.
-const OFFSET_MASK: u32 = 0x7fe;
-
-/// The configuration record. Addresses and masks are raw network-order bytes viewed as
-/// native `u32`s; only bitwise operations touch them, so byte order does not matter.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PktgenConfig {
-    pub out_ifindex: u32,
-    pub mode: u32,
-    /// Offset of the source address in the frame (even).
-    pub addr_off: u32,
-    /// 4 or 16.
-    pub addr_len: u32,
-    /// Offset of the IPv4 header checksum, 0 for none.
-    pub l3_csum_off: u32,
-    /// Offset of the TCP/UDP checksum, 0 for none.
-    pub l4_csum_off: u32,
-    pub flags: u32,
-    /// Entries of `PKTGEN_SET` in use (`MODE_SET`).
-    pub set_len: u32,
-    pub base: [u32; 4],
-    pub hostmask: [u32; 4],
-}
-
-const _: () = assert!(core::mem::size_of::<PktgenConfig>() == 64);
+use filter_common::pktgen::{
+    PKTGEN_FLAG_L4_UDP as FLAG_L4_UDP, PKTGEN_MODE_PREFIX as MODE_PREFIX,
+    PKTGEN_MODE_SET as MODE_SET, PKTGEN_OFFSET_MASK as OFFSET_MASK,
+    PKTGEN_SET_CAPACITY as SET_CAPACITY, PktgenConfig,
+};
 
 #[map]
 static PKTGEN_CONFIG: Array<PktgenConfig> = Array::with_max_entries(1, 0);
