@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: a UDP echo service under a flood, first without floodwall, then with it.
+//! `cargo xtask demo`: a UDP echo service under floods, first with floodwall only watching,
+//! then with floodwall dropping.
 //!
 //! Topology, all made here and removed on exit (also on Ctrl-C or SIGTERM):
 //!
@@ -7,6 +8,17 @@
 //!                                 (UDP echo on port 7,                     + 10.66.6.10-13
 //!                                  floodwall on both veths)
 //! ```
+//!
+//! The echo service spends [`SERVICE_WORK`] on each request, like a real service, so it has a
+//! capacity a flood exceeds; its receive buffer holds the bursts floodwall lets through. The
+//! client sends [`CLIENT_RATE`] echo requests a second and counts the echoes. Both phases
+//! run the same steps: a calm second (the client alone), then three floods one after another:
+//! a spoofed flood from random sources, a flood from a single source, a flood from a
+//! blocklisted prefix. In phase 1 the service has no filter: floodwall is attached in dry-run,
+//! so it passes every packet and only counts what it would drop (which keeps the live view the
+//! same in both phases). Phase 2 turns dry-run off: same policy, same floods. A table line a
+//! second shows the client's success, pps per reason and the top sources; the summary compares
+//! the phases and ends with one `demo summary:` line of `key=value` pairs (read by the test).
 //!
 //! Network rule: traffic flows only between the namespaces made here, over the veth pairs made
 //! here (created directly inside the namespaces, never in the root namespace). No namespace
@@ -24,7 +36,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,9 +48,10 @@ use crate::{setup, util};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Total seconds of traffic, split evenly over the three phases
+    /// Total seconds of traffic, split evenly over the two phases; each phase is one calm
+    /// second, then the three floods (whole seconds each)
     #[arg(long, value_name = "SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(6..=300))]
+          value_parser = clap::value_parser!(u64).range(8..=300))]
     duration: u64,
     /// Leave the namespaces, the attached filter and its pins in place at the end, and print
     /// the commands that remove them (an interrupted demo always cleans up)
@@ -48,6 +61,11 @@ pub struct Args {
 
 /// Set by SIGINT/SIGTERM; every loop checks it.
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Prefix of every name the demo gives: namespaces `fwdemo-ROLE-PID`, veths `fwdemoHEXPID..`,
+/// the bpffs `/run/floodwall-demo-PID` and the state directory `floodwall-demo-state-PID`.
+const NETNS_PREFIX: &str = "fwdemo-";
+const VETH_PREFIX: &str = "fwdemo";
 
 const SERVER_TO_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
@@ -62,35 +80,43 @@ const BLOCKED_SOURCES: [Ipv4Addr; 4] = [
 ];
 const BLOCKED_PREFIX: &str = "10.66.6.0/24";
 const ECHO_PORT: u16 = 7;
-/// Per-source limit in phase 2 and 3; the client stays well under it.
+/// Per-source limit; the client stays well under it.
 const LIMIT_PPS: u64 = 200;
 const CLIENT_RATE: u64 = 50;
 /// Flood datagram payload.
 const FLOOD_PAYLOAD: usize = 64;
+/// The calm step that opens each phase: the client alone, which also gives it limiter state
+/// before the spoofed flood takes every admission slot.
+const CALM_SECS: u64 = 1;
+
+/// CPU time the echo service spends on each request, as a real service would: it gives the
+/// service a capacity (about 20k requests/s on one core, whatever the machine) that the floods
+/// exceed, while the client's rate and what floodwall lets through stay far below it.
+const SERVICE_WORK: Duration = Duration::from_micros(50);
+/// The echo server's receive buffer. The default (about 200 KiB: a few hundred small datagrams
+/// at the truesize of frames that went through XDP on a veth) overflows on the burst that the
+/// admission and newcomer buckets let through when a spoofed flood starts, and a client
+/// request caught in it is lost. A service that expects bursts sizes its buffer for them.
+const ECHO_RCVBUF: usize = 2 << 20;
 
 /// Hard caps, whatever the duration.
 const MAX_FLOOD_PACKETS: u64 = 50_000_000;
 const MAX_ECHOES: u64 = 200_000_000;
 const MAX_REQUESTS: u64 = 100_000;
 
-/// Phase marker for "between phases": the client sends nothing then.
-const IDLE: usize = usize::MAX;
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Unfiltered,
     Filtered,
-    Spoofed,
 }
 
-const PHASES: [Phase; 3] = [Phase::Unfiltered, Phase::Filtered, Phase::Spoofed];
+const PHASES: [Phase; 2] = [Phase::Unfiltered, Phase::Filtered];
 
 impl Phase {
     fn index(self) -> usize {
         match self {
             Phase::Unfiltered => 0,
             Phase::Filtered => 1,
-            Phase::Spoofed => 2,
         }
     }
 
@@ -98,8 +124,124 @@ impl Phase {
         match self {
             Phase::Unfiltered => "no filter",
             Phase::Filtered => "floodwall",
-            Phase::Spoofed => "spoofed",
         }
+    }
+
+    /// Prefix of this phase's keys in the `demo summary:` line.
+    fn key(self) -> &'static str {
+        match self {
+            Phase::Unfiltered => "unfiltered",
+            Phase::Filtered => "filtered",
+        }
+    }
+}
+
+/// What the attacker does during one part of a phase.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// No flood: the client alone.
+    Calm,
+    /// Raw frames from random IPv4 sources.
+    Spoofed,
+    /// UDP from the attacker's own address.
+    SingleSource,
+    /// UDP from addresses in the blocklisted prefix.
+    Blocklisted,
+}
+
+/// The steps of each phase, in order.
+const STEPS: [Step; 4] = [
+    Step::Calm,
+    Step::Spoofed,
+    Step::SingleSource,
+    Step::Blocklisted,
+];
+const ATTACKS: [Step; 3] = [Step::Spoofed, Step::SingleSource, Step::Blocklisted];
+
+impl Step {
+    fn index(self) -> usize {
+        match self {
+            Step::Calm => 0,
+            Step::Spoofed => 1,
+            Step::SingleSource => 2,
+            Step::Blocklisted => 3,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Step::Calm => "calm",
+            Step::Spoofed => "spoofed",
+            Step::SingleSource => "single",
+            Step::Blocklisted => "blocked",
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Step::Calm => "calm: no flood".to_owned(),
+            Step::Spoofed => "spoofed flood, random sources".to_owned(),
+            Step::SingleSource => format!("single-source flood from {ATTACKER}"),
+            Step::Blocklisted => format!("flood from blocklisted {BLOCKED_PREFIX}"),
+        }
+    }
+
+    /// This step's part of the keys in the `demo summary:` line.
+    fn key(self) -> &'static str {
+        match self {
+            Step::Calm => "calm",
+            Step::Spoofed => "spoofed",
+            Step::SingleSource => "single_source",
+            Step::Blocklisted => "blocklisted",
+        }
+    }
+}
+
+/// Index of one step of one phase in the per-step counters.
+fn slot(phase: Phase, step: Step) -> usize {
+    phase.index() * STEPS.len() + step.index()
+}
+
+const SLOTS: usize = PHASES.len() * STEPS.len();
+
+/// Slot marker for "between steps": the client sends nothing then.
+const IDLE: usize = usize::MAX;
+
+/// How long each step runs: whole seconds, so every live line covers one second.
+struct Plan {
+    attacks: [u64; 3],
+}
+
+impl Plan {
+    fn new(total_secs: u64) -> Plan {
+        let per_phase = total_secs.saturating_sub(2 * CALM_SECS) / 2;
+        let (base, extra) = (per_phase / 3, per_phase % 3);
+        let mut attacks = [base.max(1); 3];
+        for (i, secs) in (0u64..).zip(attacks.iter_mut()) {
+            if i < extra {
+                *secs += 1;
+            }
+        }
+        Plan { attacks }
+    }
+
+    fn secs(&self, step: Step) -> u64 {
+        match step {
+            Step::Calm => CALM_SECS,
+            attack => self.attacks[attack.index() - 1],
+        }
+    }
+
+    fn phase_secs(&self) -> u64 {
+        STEPS.iter().map(|&step| self.secs(step)).sum()
+    }
+
+    fn describe(&self) -> String {
+        STEPS
+            .iter()
+            .map(|&step| format!("{} {} s", step.label(), self.secs(step)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -109,32 +251,36 @@ const ECHO_GRACE: Duration = Duration::from_millis(200);
 /// One client request, indexed by its sequence number.
 struct Request {
     at: Instant,
-    phase: usize,
+    slot: usize,
     answered: bool,
 }
 
 /// Counters shared by the traffic threads and the live view.
 struct Shared {
-    phase: AtomicUsize,
+    /// The step running now ([`slot`]), or [`IDLE`].
+    slot: AtomicUsize,
     done: AtomicBool,
-    /// Requests sent and answered (at any time), per phase.
-    client_sent: [AtomicU64; 3],
-    client_ok: [AtomicU64; 3],
+    /// Requests sent and answered (at any time), per step.
+    client_sent: [AtomicU64; SLOTS],
+    client_ok: [AtomicU64; SLOTS],
     requests: Mutex<Vec<Request>>,
     flood_sent: AtomicU64,
     server_rx: AtomicU64,
+    /// Thread id of the echo server (which lives in the server namespace), 0 until it runs.
+    echo_tid: AtomicI32,
 }
 
 impl Shared {
     fn new() -> Shared {
         Shared {
-            phase: AtomicUsize::new(IDLE),
+            slot: AtomicUsize::new(IDLE),
             done: AtomicBool::new(false),
             client_sent: Default::default(),
             client_ok: Default::default(),
             requests: Mutex::new(Vec::new()),
             flood_sent: AtomicU64::new(0),
             server_rx: AtomicU64::new(0),
+            echo_tid: AtomicI32::new(0),
         }
     }
 
@@ -142,17 +288,32 @@ impl Shared {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Requests of `phase` sent in `(from, to]`, and how many of them were answered.
-    fn answered_between(&self, phase: Phase, from: Instant, to: Instant) -> (u64, u64) {
+    /// Requests of `slot` sent in `(from, to]` (unbounded where `None`), and how many of them
+    /// were answered.
+    fn answered(&self, slot: usize, from: Option<Instant>, to: Option<Instant>) -> (u64, u64) {
         let requests = self.requests();
-        let start = requests.partition_point(|r| r.at <= from);
+        let start = from.map_or(0, |from| requests.partition_point(|r| r.at <= from));
         requests[start..]
             .iter()
-            .take_while(|r| r.at <= to)
-            .filter(|r| r.phase == phase.index())
+            .take_while(|r| to.is_none_or(|to| r.at <= to))
+            .filter(|r| r.slot == slot)
             .fold((0, 0), |(sent, ok), r| {
                 (sent + 1, ok + u64::from(r.answered))
             })
+    }
+
+    /// Datagrams the echo server's full receive queue dropped so far.
+    fn server_overflow(&self) -> u64 {
+        udp_rcvbuf_errors(self.echo_tid.load(Ordering::SeqCst))
+    }
+
+    /// Requests sent and answered over `slots`.
+    fn client(&self, slots: impl IntoIterator<Item = usize>) -> (u64, u64) {
+        slots.into_iter().fold((0, 0), |(sent, ok), slot| {
+            let s = self.client_sent[slot].load(Ordering::Relaxed);
+            let o = self.client_ok[slot].load(Ordering::Relaxed).min(s);
+            (sent + s, ok + o)
+        })
     }
 
     fn should_stop(&self) -> bool {
@@ -210,7 +371,7 @@ fn run_demo(args: &Args) -> Result<()> {
     let server = Netns::new("server", pid)?;
     let client = Netns::new("client", pid)?;
     let attacker = Netns::new("attacker", pid)?;
-    let tag = format!("fwd{pid:x}");
+    let tag = format!("{VETH_PREFIX}{pid:x}");
     let to_client = Link::new(
         (&server, &format!("{tag}sc"), SERVER_TO_CLIENT),
         (&client, &format!("{tag}cs"), CLIENT),
@@ -240,7 +401,7 @@ fn run_demo(args: &Args) -> Result<()> {
     };
     check_stop()?;
 
-    let phase_len = Duration::from_secs((args.duration / 3).max(2));
+    let plan = Plan::new(args.duration);
     println!(
         "demo: namespaces {} (UDP echo on port {ECHO_PORT}), {} and {}",
         server.name, client.name, attacker.name
@@ -256,8 +417,10 @@ fn run_demo(args: &Args) -> Result<()> {
         to_attacker.a_if,
     );
     println!(
-        "demo: client sends {CLIENT_RATE} requests/s and counts echoes; 3 phases of {} s",
-        phase_len.as_secs()
+        "demo: the client sends {CLIENT_RATE} requests/s and counts echoes; 2 phases of {} s, \
+         each {}",
+        plan.phase_secs(),
+        plan.describe()
     );
 
     let shared = Shared::new();
@@ -266,18 +429,15 @@ fn run_demo(args: &Args) -> Result<()> {
         to_client: &to_client,
         to_attacker: &to_attacker,
         shared: &shared,
-        phase_len,
+        plan: &plan,
     };
-    // Generous: the phases plus the time attaching and configuring take.
-    let deadline = Instant::now() + phase_len * 3 + Duration::from_secs(60);
+    // Generous: the phases plus the time attaching, configuring and sampling take.
+    let deadline =
+        Instant::now() + Duration::from_secs(plan.phase_secs() * 2) + Duration::from_secs(60);
     let outcome = thread::scope(|s| -> Result<Outcome> {
         let echo = s.spawn(|| echo_server(&server, &shared, deadline));
         let client_thread = s.spawn(|| run_client(&client, &shared, deadline));
         let outcome = run_phases(&ctx, &mut fw);
-        // Late echoes of the last requests still count.
-        if outcome.is_ok() {
-            sleep_until(Instant::now() + Duration::from_millis(300));
-        }
         shared.done.store(true, Ordering::SeqCst);
         let echo = join(echo, "echo server");
         let client_result = join(client_thread, "client");
@@ -287,7 +447,7 @@ fn run_demo(args: &Args) -> Result<()> {
         Ok(outcome)
     })?;
     check_stop()?;
-    let filtered_ok = print_summary(&shared, &outcome);
+    let filtered_ok = print_summary(&shared, &outcome, &plan);
 
     if args.keep {
         print_keep(&fw, &[&server, &client, &attacker]);
@@ -344,103 +504,120 @@ struct Ctx<'a> {
     to_client: &'a Link,
     to_attacker: &'a Link,
     shared: &'a Shared,
-    phase_len: Duration,
+    plan: &'a Plan,
 }
 
-/// What the summary needs beyond the shared counters.
+/// What the summary needs beyond the client counters.
+#[derive(Default)]
 struct Outcome {
-    flood_sent: [u64; 3],
-    server_rx: [u64; 3],
-    /// floodwall's totals by reason at the end of each phase (empty while detached).
-    totals: [BTreeMap<String, u64>; 3],
+    /// Flood packets sent, and datagrams the echo server read, per step.
+    flood_sent: [u64; SLOTS],
+    server_rx: [u64; SLOTS],
+    /// Datagrams the echo server's full receive queue dropped, per step.
+    server_overflow: [u64; SLOTS],
+    /// Packets floodwall counted per reason during each phase (in phase 1, dry-run, the
+    /// dropping reasons count what it would have dropped).
+    reasons: [BTreeMap<String, u64>; 2],
+    /// The heaviest sources at the end.
+    top: Vec<TopSource>,
 }
 
 fn run_phases(ctx: &Ctx<'_>, fw: &mut Floodwall) -> Result<Outcome> {
-    let mut outcome = Outcome {
-        flood_sent: [0; 3],
-        server_rx: [0; 3],
-        totals: Default::default(),
-    };
+    let mut outcome = Outcome::default();
+    let (a, b) = (&ctx.to_client.a_if, &ctx.to_attacker.a_if);
     for phase in PHASES {
         check_stop()?;
         match phase {
-            Phase::Unfiltered => println!(
-                "\n== phase 1/3: no filter; UDP floods from {BLOCKED_PREFIX} and from {ATTACKER} \
-                 at the echo server"
-            ),
-            Phase::Filtered => {
-                let (a, b) = (&ctx.to_client.a_if, &ctx.to_attacker.a_if);
+            Phase::Unfiltered => {
                 println!(
-                    "\n== phase 2/3: floodwall attached to {a} and {b}; block {BLOCKED_PREFIX}; \
-                     limit {LIMIT_PPS} pps per source; same floods"
+                    "\n== phase 1/2: no filter: floodwall only watches (dry-run): it counts \
+                     what it would drop and passes every packet"
                 );
-                fw.attach(&[a, b])?;
+                fw.attach(&[a, b], true)?;
                 fw.show(&["block", "add", BLOCKED_PREFIX, "--comment", "demo attacker"])?;
                 let pps = LIMIT_PPS.to_string();
                 fw.show(&["limit", "set", "--pps", &pps, "--burst", &pps])?;
             }
-            Phase::Spoofed => println!(
-                "\n== phase 3/3: floodwall attached; spoofed flood, random IPv4 sources, raw \
-                 frames via AF_PACKET on {}",
-                ctx.to_attacker.b_if
-            ),
+            Phase::Filtered => {
+                println!(
+                    "\n== phase 2/2: floodwall on: dry-run off; same policy, same floods in \
+                     the same order"
+                );
+                fw.show(&["limit", "set", "--dry-run", "false"])?;
+            }
         }
         check_stop()?;
-        let before = (
-            ctx.shared.flood_sent.load(Ordering::Relaxed),
-            ctx.shared.server_rx.load(Ordering::Relaxed),
-        );
-        let totals = run_phase(ctx, phase, fw.attached.then_some(&*fw))?;
-        let i = phase.index();
-        outcome.flood_sent[i] = ctx.shared.flood_sent.load(Ordering::Relaxed) - before.0;
-        outcome.server_rx[i] = ctx.shared.server_rx.load(Ordering::Relaxed) - before.1;
-        outcome.totals[i] = totals;
-        if fw.attached {
-            print_top(fw)?;
-        } else {
-            println!("  top sources: none tracked (floodwall is not attached in this phase)");
+        print_header(phase);
+        let before = fw.totals()?;
+        let mut second = 0;
+        for step in STEPS {
+            check_stop()?;
+            let counters = |shared: &Shared| {
+                [
+                    shared.flood_sent.load(Ordering::Relaxed),
+                    shared.server_rx.load(Ordering::Relaxed),
+                    shared.server_overflow(),
+                ]
+            };
+            let before = counters(ctx.shared);
+            run_step(ctx, fw, phase, step, &mut second)?;
+            let after = counters(ctx.shared);
+            let i = slot(phase, step);
+            outcome.flood_sent[i] = after[0] - before[0];
+            outcome.server_rx[i] = after[1] - before[1];
+            outcome.server_overflow[i] = after[2].saturating_sub(before[2]);
         }
+        let after = fw.totals()?;
+        outcome.reasons[phase.index()] = after
+            .iter()
+            .map(|(reason, &n)| {
+                let was = before.get(reason).copied().unwrap_or(0);
+                (reason.clone(), n.saturating_sub(was))
+            })
+            .collect();
     }
+    outcome.top = fw.top(8)?;
+    outcome
+        .top
+        .retain(|s| s.passed + s.dropped >= TOP_MIN_PACKETS);
+    outcome.top.truncate(3);
     Ok(outcome)
 }
 
-/// Runs the floods of `phase` for the phase length with a live line per second; returns
-/// floodwall's totals at the end (empty if it is detached).
-fn run_phase(ctx: &Ctx<'_>, phase: Phase, fw: Option<&Floodwall>) -> Result<BTreeMap<String, u64>> {
+/// Runs one step: its flood (if any) for the step's length, with a live line per second.
+fn run_step(
+    ctx: &Ctx<'_>,
+    fw: &Floodwall,
+    phase: Phase,
+    step: Step,
+    second: &mut u64,
+) -> Result<()> {
     let shared = ctx.shared;
     let start = Instant::now();
-    let end = start + ctx.phase_len;
-    thread::scope(|s| -> Result<BTreeMap<String, u64>> {
-        let target = SocketAddrV4::new(SERVER_TO_ATTACKER, ECHO_PORT);
-        let mut floods = Vec::new();
-        match phase {
-            Phase::Unfiltered | Phase::Filtered => {
-                floods.push(
-                    s.spawn(move || udp_flood(ctx.attacker, &BLOCKED_SOURCES, target, shared, end)),
-                );
-                floods.push(
-                    s.spawn(move || udp_flood(ctx.attacker, &[ATTACKER], target, shared, end)),
-                );
-            }
-            Phase::Spoofed => {
-                floods.push(s.spawn(move || {
+    let end = start + Duration::from_secs(ctx.plan.secs(step));
+    let target = SocketAddrV4::new(SERVER_TO_ATTACKER, ECHO_PORT);
+    thread::scope(|s| -> Result<()> {
+        let flood = match step {
+            Step::Calm => None,
+            Step::Spoofed => {
+                Some(s.spawn(move || {
                     spoofed_flood(ctx.attacker, ctx.to_attacker, target, shared, end)
                 }))
             }
-        }
-        shared.phase.store(phase.index(), Ordering::SeqCst);
-        let live = live_view(ctx, phase, fw, start, end);
-        shared.phase.store(IDLE, Ordering::SeqCst);
-        // The floods stop by themselves at `end` (or on a stop request).
-        let mut flood_result = Ok(());
-        for flood in floods {
-            if let Err(e) = join(flood, "flood") {
-                flood_result = Err(e);
+            Step::SingleSource => {
+                Some(s.spawn(move || udp_flood(ctx.attacker, &[ATTACKER], target, shared, end)))
             }
-        }
-        let totals = live?;
-        flood_result?;
-        Ok(totals)
+            Step::Blocklisted => Some(
+                s.spawn(move || udp_flood(ctx.attacker, &BLOCKED_SOURCES, target, shared, end)),
+            ),
+        };
+        shared.slot.store(slot(phase, step), Ordering::SeqCst);
+        let live = live_view(ctx, fw, phase, step, (start, end), second);
+        shared.slot.store(IDLE, Ordering::SeqCst);
+        // The flood stops by itself at `end` (or on a stop request).
+        let flood = flood.map_or(Ok(()), |flood| join(flood, "flood"));
+        live?;
+        flood
     })
 }
 
@@ -450,71 +627,156 @@ struct Sample {
     flood_sent: u64,
     server_rx: u64,
     totals: BTreeMap<String, u64>,
+    /// Packets (passed and dropped) of the sources with limiter state.
+    sources: BTreeMap<String, u64>,
 }
 
-fn sample(shared: &Shared, fw: Option<&Floodwall>) -> Result<Sample> {
+fn sample(shared: &Shared, fw: &Floodwall) -> Result<Sample> {
+    let at = Instant::now();
+    let flood_sent = shared.flood_sent.load(Ordering::Relaxed);
+    let server_rx = shared.server_rx.load(Ordering::Relaxed);
     Ok(Sample {
-        at: Instant::now(),
-        flood_sent: shared.flood_sent.load(Ordering::Relaxed),
-        server_rx: shared.server_rx.load(Ordering::Relaxed),
-        totals: match fw {
-            Some(fw) => fw.totals()?,
-            None => BTreeMap::new(),
-        },
+        at,
+        flood_sent,
+        server_rx,
+        totals: fw.totals()?,
+        sources: fw
+            .top(16)?
+            .into_iter()
+            .map(|s| (s.source, s.passed + s.dropped))
+            .collect(),
     })
 }
 
+/// Prints a table line at every second of the step. Each line is printed [`ECHO_GRACE`] after
+/// its second ends, so the requests of that second had the time to be answered.
 fn live_view(
     ctx: &Ctx<'_>,
+    fw: &Floodwall,
     phase: Phase,
-    fw: Option<&Floodwall>,
-    start: Instant,
-    end: Instant,
-) -> Result<BTreeMap<String, u64>> {
+    step: Step,
+    (start, end): (Instant, Instant),
+    second: &mut u64,
+) -> Result<()> {
+    let slot = slot(phase, step);
     let mut prev = sample(ctx.shared, fw)?;
-    let mut second = 1u32;
+    let mut k = 1;
     loop {
-        let tick = (start + Duration::from_secs(second.into())).min(end);
+        let tick = (start + Duration::from_secs(k)).min(end);
         if !sleep_until(tick) {
             bail!("demo interrupted");
         }
         let now = sample(ctx.shared, fw)?;
-        // Requests sent in this second, less the last ECHO_GRACE (left for the next line).
-        let (sent, ok) = ctx.shared.answered_between(
-            phase,
-            prev.at.checked_sub(ECHO_GRACE).unwrap_or(prev.at),
-            now.at.checked_sub(ECHO_GRACE).unwrap_or(now.at),
-        );
-        print_line(phase, second, (sent, ok), &prev, &now);
-        prev = now;
-        if tick >= end {
-            return Ok(prev.totals);
+        let last = tick >= end;
+        if last {
+            // The client stops with the step.
+            ctx.shared.slot.store(IDLE, Ordering::SeqCst);
         }
-        second += 1;
+        if !sleep_until(Instant::now() + ECHO_GRACE) {
+            bail!("demo interrupted");
+        }
+        // The first line takes the requests from the start of the step, the last the ones up
+        // to its end.
+        let from = (k > 1).then_some(prev.at);
+        let to = (!last).then_some(now.at);
+        *second += 1;
+        print_line(
+            step,
+            *second,
+            ctx.shared.answered(slot, from, to),
+            &prev,
+            &now,
+        );
+        if last {
+            return Ok(());
+        }
+        prev = now;
+        k += 1;
     }
 }
 
-fn print_line(phase: Phase, second: u32, (sent, ok): (u64, u64), prev: &Sample, now: &Sample) {
-    let secs = now.at.duration_since(prev.at).as_secs_f64().max(1e-3);
-    let rate = |a: u64, b: u64| rate(b.saturating_sub(a) as f64 / secs);
-    let mut line = format!(
-        "  [{:<9} {second:>3}s] client {ok:>2}/{sent:<2} {:>6} | flood sent {:>7} pps, echo \
-         server got {:>7} pps |",
-        phase.label(),
-        percent(ok, sent),
-        rate(prev.flood_sent, now.flood_sent),
-        rate(prev.server_rx, now.server_rx),
+/// Fewer packets in a second than this do not make a top source (a spoofed flood repeats a
+/// few random addresses by chance).
+const TOP_MIN_PACKETS: u64 = 10;
+
+/// The reasons with a column of their own in the live table.
+const REASON_COLUMNS: [&str; 4] = ["passed", "blocklist", "over_pps", "newcomer"];
+
+fn print_header(phase: Phase) {
+    println!(
+        "  {:>4} {:<8} {:<14} {:>8} {:>9} | {:>7} {:>9} {:>8} {:>8} | top sources, pps",
+        "time",
+        "attack",
+        "client ok",
+        "flood/s",
+        "service/s",
+        "passed",
+        "blocklist",
+        "over_pps",
+        "newcomer",
     );
-    if now.totals.is_empty() {
-        line.push_str(" floodwall: detached");
-    } else {
-        line.push_str(" floodwall/s:");
-        for (reason, &packets) in &now.totals {
-            let before = prev.totals.get(reason).copied().unwrap_or(0);
-            if packets > before {
-                line.push_str(&format!(" {reason} {}", rate(before, packets)));
-            }
-        }
+    if phase == Phase::Unfiltered {
+        println!(
+            "  (dry-run: blocklist, over_pps and newcomer count what floodwall would drop; \
+             every packet reaches the service)"
+        );
+    }
+}
+
+fn print_line(step: Step, second: u64, (sent, ok): (u64, u64), prev: &Sample, now: &Sample) {
+    let secs = now.at.duration_since(prev.at).as_secs_f64().max(1e-3);
+    let delta = |map_prev: &BTreeMap<String, u64>, map_now: &BTreeMap<String, u64>, key: &str| {
+        let before = map_prev.get(key).copied().unwrap_or(0);
+        map_now
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before)
+    };
+    let pps = |packets: u64| packets as f64 / secs;
+    let reason = |name: &str| delta(&prev.totals, &now.totals, name);
+    // Top sources this second: the ones with limiter state, plus the two groups that never
+    // get any (the blocklisted prefix, and the newcomers a spoofed flood is made of).
+    let mut top: Vec<(String, u64)> = now
+        .sources
+        .keys()
+        .map(|source| (source.clone(), delta(&prev.sources, &now.sources, source)))
+        .filter(|&(_, packets)| packets >= TOP_MIN_PACKETS)
+        .collect();
+    top.push((format!("{BLOCKED_PREFIX} (blocklist)"), reason("blocklist")));
+    top.push(("newcomers".to_owned(), reason("newcomer")));
+    top.retain(|&(_, packets)| packets > 0);
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let top: Vec<String> = top
+        .iter()
+        .take(3)
+        .map(|(source, packets)| format!("{source} {}", rate(pps(*packets))))
+        .collect();
+    let other: u64 = now
+        .totals
+        .keys()
+        .filter(|r| !REASON_COLUMNS.contains(&r.as_str()) && r.as_str() != "dry_run")
+        .map(|r| reason(r))
+        .sum();
+    let mut line = format!(
+        "  {:>3}s {:<8} {ok:>3}/{sent:<3} {:>6} {:>8} {:>9} | {:>7} {:>9} {:>8} {:>8} | {}",
+        second,
+        step.label(),
+        percent(ok, sent),
+        rate(pps(now.flood_sent.saturating_sub(prev.flood_sent))),
+        rate(pps(now.server_rx.saturating_sub(prev.server_rx))),
+        rate(pps(reason("passed"))),
+        rate(pps(reason("blocklist"))),
+        rate(pps(reason("over_pps"))),
+        rate(pps(reason("newcomer"))),
+        if top.is_empty() {
+            "-".to_owned()
+        } else {
+            top.join(", ")
+        },
+    );
+    if other > 0 {
+        line.push_str(&format!(" (other reasons {}/s)", rate(pps(other))));
     }
     println!("{line}");
 }
@@ -540,101 +802,153 @@ fn percent(ok: u64, sent: u64) -> String {
     format!("{:.1}%", 100.0 * ok as f64 / sent as f64)
 }
 
-fn print_top(fw: &Floodwall) -> Result<()> {
-    let out = fw.run(&["top", "-n", "3", "--json"])?;
-    let sources: Value = serde_json::from_str(&out).context("floodwall top --json: bad JSON")?;
-    let list: Vec<String> = sources
-        .as_array()
-        .context("floodwall top --json: not an array")?
+/// `ok/sent` as a percentage with two decimals, rounded down (so 99.00 means at least 99%);
+/// 0.00 when nothing was sent.
+fn percent_floor(ok: u64, sent: u64) -> String {
+    let basis_points = (ok.min(sent) * 10_000).checked_div(sent).unwrap_or(0);
+    format!("{}.{:02}", basis_points / 100, basis_points % 100)
+}
+
+/// Prints the summary; false if the filter did not keep the client served.
+fn print_summary(shared: &Shared, outcome: &Outcome, plan: &Plan) -> bool {
+    let cell = |(sent, ok): (u64, u64)| format!("{} ({ok}/{sent})", percent(ok, sent));
+    let attack_slots = |phase: Phase| ATTACKS.map(|step| slot(phase, step));
+    let phase_slots = |phase: Phase| STEPS.map(|step| slot(phase, step));
+    println!("\n== summary: client success (echoes received / requests sent), per step");
+    println!(
+        "  {:<44} {:>20} {:>20}",
+        "",
+        Phase::Unfiltered.label(),
+        Phase::Filtered.label()
+    );
+    for step in STEPS {
+        println!(
+            "  {:<44} {:>20} {:>20}",
+            format!("{} ({} s)", step.describe(), plan.secs(step)),
+            cell(shared.client([slot(Phase::Unfiltered, step)])),
+            cell(shared.client([slot(Phase::Filtered, step)])),
+        );
+    }
+    println!(
+        "  {:<44} {:>20} {:>20}",
+        "under attack (the three floods)",
+        cell(shared.client(attack_slots(Phase::Unfiltered))),
+        cell(shared.client(attack_slots(Phase::Filtered))),
+    );
+    let sum = |counts: &[u64; SLOTS], phase: Phase| -> u64 {
+        phase_slots(phase).iter().map(|&slot| counts[slot]).sum()
+    };
+    for (what, counts) in [
+        ("flood packets sent", &outcome.flood_sent),
+        ("datagrams the service read", &outcome.server_rx),
+        (
+            "lost to the service's full socket queue",
+            &outcome.server_overflow,
+        ),
+    ] {
+        println!(
+            "  {what:<44} {:>20} {:>20}",
+            count(sum(counts, Phase::Unfiltered)),
+            count(sum(counts, Phase::Filtered)),
+        );
+    }
+    let get = |phase: Phase, reason: &str| {
+        outcome.reasons[phase.index()]
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    };
+    let dropping = [
+        "blocklist",
+        "over_pps",
+        "newcomer",
+        "over_bps",
+        "global_cap",
+    ];
+    let by_reason = |phase: Phase| {
+        dropping
+            .iter()
+            .filter(|&&r| get(phase, r) > 0 || REASON_COLUMNS.contains(&r))
+            .map(|&r| format!("{r} {}", get(phase, r)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "  packets dropped per reason (phase 2): {}",
+        by_reason(Phase::Filtered)
+    );
+    println!(
+        "  (phase 1, dry-run, would have dropped: {}; it passed all of it)",
+        by_reason(Phase::Unfiltered)
+    );
+    let top: Vec<String> = outcome
+        .top
         .iter()
         .map(|s| {
             format!(
                 "{} (passed {}, dropped {})",
-                s["source"].as_str().unwrap_or("?"),
-                s["passed"].as_u64().map_or_else(|| "?".into(), count),
-                s["dropped"].as_u64().map_or_else(|| "?".into(), count),
+                s.source,
+                count(s.passed),
+                count(s.dropped)
             )
         })
         .collect();
-    if list.is_empty() {
-        println!("  top sources: none tracked");
-    } else {
-        println!("  top sources: {}", list.join(", "));
-    }
-    Ok(())
-}
-
-/// Prints the summary; false if the filter did not keep the client served.
-fn print_summary(shared: &Shared, outcome: &Outcome) -> bool {
-    println!("\n== summary");
     println!(
-        "  {:<12} {:>24} {:>12} {:>22}",
-        "phase", "client success", "flood sent", "reached echo server"
-    );
-    let mut success = [0.0f64; 3];
-    for phase in PHASES {
-        let i = phase.index();
-        let sent = shared.client_sent[i].load(Ordering::Relaxed);
-        let ok = shared.client_ok[i].load(Ordering::Relaxed).min(sent);
-        success[i] = if sent == 0 {
-            0.0
+        "  top sources with limiter state, both phases: {}",
+        if top.is_empty() {
+            "none".to_owned()
         } else {
-            100.0 * ok as f64 / sent as f64
-        };
-        println!(
-            "  {:<12} {:>24} {:>12} {:>22}",
-            phase.label(),
-            format!("{} ({ok}/{sent})", percent(ok, sent)),
-            count(outcome.flood_sent[i]),
-            count(outcome.server_rx[i]),
-        );
-    }
-    let last = &outcome.totals[2];
-    let get =
-        |totals: &BTreeMap<String, u64>, reason: &str| totals.get(reason).copied().unwrap_or(0);
-    println!("  floodwall totals (stats --json, totals.<reason>.packets), phase 2 / phase 3:");
-    for (reason, &total) in last {
-        if total == 0 {
-            continue;
+            top.join(", ")
         }
-        let in_filtered = get(&outcome.totals[1], reason);
-        println!(
-            "    {reason:<12} {total:>12}  ({in_filtered} / {})",
-            total - in_filtered.min(total)
-        );
-    }
+    );
+
     let mut ok = true;
-    for phase in [Phase::Filtered, Phase::Spoofed] {
-        let i = phase.index();
-        let sent = shared.client_sent[i].load(Ordering::Relaxed);
-        let answered = shared.client_ok[i].load(Ordering::Relaxed);
+    for slots in std::iter::once(attack_slots(Phase::Filtered).to_vec())
+        .chain(ATTACKS.map(|step| vec![slot(Phase::Filtered, step)]))
+    {
+        let (sent, answered) = shared.client(slots);
         if answered * 100 < sent * 99 {
             ok = false;
-            println!(
-                "WARNING: client success with floodwall attached ({} phase) was {:.2}% \
-                 ({answered}/{sent}), under 99%: the filter did not keep the service available",
-                phase.label(),
-                success[i]
-            );
         }
     }
-    if success[0] >= 99.0 {
+    if !ok {
         println!(
-            "  note: without the filter the echo server still answered the client on this \
-             machine; what floodwall saved shows in the packets that reached it"
+            "WARNING: with floodwall on, the client's success fell under 99% in at least one \
+             flood: the filter did not keep the service available"
         );
     }
-    println!(
-        "demo summary: unfiltered_client_success={:.1}% filtered_client_success={:.1}% \
-         spoofed_client_success={:.1}% blocklist_dropped={} over_pps_dropped={} \
-         newcomer_dropped={}",
-        success[0],
-        success[1],
-        success[2],
-        get(last, "blocklist"),
-        get(last, "over_pps"),
-        get(last, "newcomer"),
-    );
+    let (sent, answered) = shared.client(attack_slots(Phase::Unfiltered));
+    if sent > 0 && answered * 100 >= sent * 99 {
+        println!(
+            "  note: without the filter the echo server still answered the client on this \
+             machine; what floodwall saved shows in the datagrams that reached it"
+        );
+    }
+
+    let mut fields = Vec::new();
+    for phase in PHASES {
+        let (sent, ok) = shared.client(attack_slots(phase));
+        fields.push(format!(
+            "{}_client_success={}%",
+            phase.key(),
+            percent_floor(ok, sent)
+        ));
+    }
+    for phase in PHASES {
+        for step in ATTACKS {
+            let (sent, ok) = shared.client([slot(phase, step)]);
+            fields.push(format!(
+                "{}_{}_client_success={}%",
+                phase.key(),
+                step.key(),
+                percent_floor(ok, sent)
+            ));
+        }
+    }
+    for reason in ["blocklist", "over_pps", "newcomer"] {
+        fields.push(format!("{reason}_dropped={}", get(Phase::Filtered, reason)));
+    }
+    println!("demo summary: {}", fields.join(" "));
     ok
 }
 
@@ -661,8 +975,13 @@ fn print_keep(fw: &Floodwall, namespaces: &[&Netns]) {
 /// Echoes every datagram on port 7 back to its sender, until the demo is done.
 fn echo_server(ns: &Netns, shared: &Shared, deadline: Instant) -> Result<()> {
     ns.enter()?;
+    // SAFETY: gettid has no preconditions and cannot fail.
+    shared
+        .echo_tid
+        .store(unsafe { libc::gettid() }, Ordering::SeqCst);
     let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ECHO_PORT))
         .context("binding the echo server")?;
+    set_rcvbuf(&socket, ECHO_RCVBUF)?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut buf = vec![0u8; 2048];
     let mut echoed = 0u64;
@@ -671,6 +990,10 @@ fn echo_server(ns: &Netns, shared: &Shared, deadline: Instant) -> Result<()> {
             Ok((len, from)) => {
                 echoed += 1;
                 shared.server_rx.fetch_add(1, Ordering::Relaxed);
+                let work = Instant::now();
+                while work.elapsed() < SERVICE_WORK {
+                    std::hint::spin_loop();
+                }
                 // Fails for spoofed sources: the server has no route to them.
                 let _ = socket.send_to(&buf[..len], from);
             }
@@ -681,6 +1004,48 @@ fn echo_server(ns: &Netns, shared: &Shared, deadline: Instant) -> Result<()> {
     Ok(())
 }
 
+/// Sets the receive buffer of `socket` to `bytes`, past `net.core.rmem_max` (which stays as it
+/// is) with `SO_RCVBUFFORCE`, since the demo runs as root.
+fn set_rcvbuf(socket: &UdpSocket, bytes: usize) -> Result<()> {
+    let value = libc::c_int::try_from(bytes)?;
+    // SAFETY: `value` is a valid c_int for the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("setting the echo server's receive buffer (SO_RCVBUFFORCE)");
+    }
+    Ok(())
+}
+
+/// Datagrams the kernel dropped because a UDP socket's receive queue was full
+/// (`Udp: RcvbufErrors`), in the network namespace of thread `tid` of this process; 0 if
+/// unknown.
+fn udp_rcvbuf_errors(tid: libc::pid_t) -> u64 {
+    if tid == 0 {
+        return 0;
+    }
+    let Ok(snmp) = std::fs::read_to_string(format!("/proc/self/task/{tid}/net/snmp")) else {
+        return 0;
+    };
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let (Some(keys), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    keys.split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(key, _)| *key == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
 fn is_timeout(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
@@ -688,8 +1053,8 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
-/// Sends [`CLIENT_RATE`] requests a second (sequence number and phase in the payload) while a
-/// phase runs, and counts each echoed request once, for the phase it was sent in.
+/// Sends [`CLIENT_RATE`] requests a second (sequence number and step in the payload) while a
+/// step runs, and counts each echoed request once, for the step it was sent in.
 fn run_client(ns: &Netns, shared: &Shared, deadline: Instant) -> Result<()> {
     ns.enter()?;
     let socket = UdpSocket::bind(SocketAddrV4::new(CLIENT, 0)).context("binding the client")?;
@@ -704,19 +1069,19 @@ fn run_client(ns: &Netns, shared: &Shared, deadline: Instant) -> Result<()> {
             break;
         }
         if now >= next {
-            let phase = shared.phase.load(Ordering::SeqCst);
-            if phase < PHASES.len() {
+            let slot = shared.slot.load(Ordering::SeqCst);
+            if slot < SLOTS {
                 let mut payload = [0u8; 32];
                 payload[..8].copy_from_slice(&seq.to_be_bytes());
-                payload[8] = phase as u8;
+                payload[8] = slot as u8;
                 // A request that cannot even be sent counts as failed.
                 let _ = socket.send_to(&payload, server);
                 shared.requests().push(Request {
                     at: now,
-                    phase,
+                    slot,
                     answered: false,
                 });
-                shared.client_sent[phase].fetch_add(1, Ordering::Relaxed);
+                shared.client_sent[slot].fetch_add(1, Ordering::Relaxed);
                 seq += 1;
             }
             next += interval;
@@ -739,7 +1104,7 @@ fn run_client(ns: &Netns, shared: &Shared, deadline: Instant) -> Result<()> {
                     .and_then(|i| requests.get_mut(i));
                 if let Some(request) = request.filter(|r| !r.answered) {
                     request.answered = true;
-                    shared.client_ok[request.phase].fetch_add(1, Ordering::Relaxed);
+                    shared.client_ok[request.slot].fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(_) => {}
@@ -991,8 +1356,11 @@ impl Floodwall {
         Ok(())
     }
 
-    fn attach(&mut self, ifaces: &[&str]) -> Result<()> {
+    fn attach(&mut self, ifaces: &[&str], dry_run: bool) -> Result<()> {
         let mut args = vec!["attach"];
+        if dry_run {
+            args.push("--dry-run");
+        }
         args.extend_from_slice(ifaces);
         // Set first, so a failed attach that left something behind still gets detached.
         self.attached = true;
@@ -1011,6 +1379,30 @@ impl Floodwall {
             .map(|(reason, c)| (reason.clone(), c["packets"].as_u64().unwrap_or(0)))
             .collect())
     }
+
+    /// The `n` heaviest sources with limiter state (`floodwall top --json`).
+    fn top(&self, n: usize) -> Result<Vec<TopSource>> {
+        let out = self.run(&["top", "-n", &n.to_string(), "--json"])?;
+        let sources: Value =
+            serde_json::from_str(&out).context("floodwall top --json: bad JSON")?;
+        Ok(sources
+            .as_array()
+            .context("floodwall top --json: not an array")?
+            .iter()
+            .map(|s| TopSource {
+                source: s["source"].as_str().unwrap_or("?").to_owned(),
+                passed: s["passed"].as_u64().unwrap_or(0),
+                dropped: s["dropped"].as_u64().unwrap_or(0),
+            })
+            .collect())
+    }
+}
+
+/// One line of `floodwall top`.
+struct TopSource {
+    source: String,
+    passed: u64,
+    dropped: u64,
 }
 
 impl Drop for Floodwall {
@@ -1031,7 +1423,7 @@ struct Netns {
 
 impl Netns {
     fn new(role: &str, pid: u32) -> Result<Netns> {
-        let name = format!("fwdemo-{role}-{pid}");
+        let name = format!("{NETNS_PREFIX}{role}-{pid}");
         util::output(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
