@@ -87,6 +87,18 @@ pub struct RunOptions {
 const POLL: Duration = Duration::from_millis(100);
 /// Events handled per poll at most: the ring buffer bounds them too, this bounds the work.
 const MAX_EVENTS_PER_POLL: usize = 10_000;
+/// How often map fill is checked against `map_fill_percent`.
+const FILL_CHECK: Duration = Duration::from_secs(10);
+
+/// What tells a file's versions apart: inode (state saves rename a new file into place),
+/// modification time and length.
+type FileStamp = (u64, std::time::SystemTime, u64);
+
+fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(path).ok()?;
+    Some((meta.ino(), meta.modified().ok()?, meta.len()))
+}
 
 pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
     let config_path = options
@@ -233,6 +245,14 @@ struct Watch {
     last_dropped: Option<(Instant, u64)>,
     drop_alert: bool,
     fill_alerts: HashSet<&'static str>,
+    /// When map fill was last checked.
+    last_fill_check: Option<Instant>,
+    /// The state file as last read (see [`file_stamp`]).
+    state_seen: Option<FileStamp>,
+    /// The earliest expiry of a list entry in it (Unix s).
+    next_expiry: Option<u64>,
+    /// Its allowlist (entries in force then), so bans need not read the whole state.
+    allowlist: Vec<(Cidr, Option<u64>)>,
 }
 
 impl Watch {
@@ -247,6 +267,10 @@ impl Watch {
             last_dropped: None,
             drop_alert: false,
             fill_alerts: HashSet::new(),
+            last_fill_check: None,
+            state_seen: None,
+            next_expiry: None,
+            allowlist: Vec::new(),
         }
     }
 
@@ -311,67 +335,133 @@ impl Watch {
     fn tick(&mut self, paths: &Paths, sources: &SourceMap, file: &FileConfig) {
         self.roll_log_second();
         let now = unix_now();
+        self.sweep(paths, now);
         if self.service.bans.enabled {
+            let mut bans = Vec::new();
             for key in self.offenders.watched() {
                 let dropped = sources.get(&key, 0).ok().map(|s| s.dropped);
                 if let Some(ban) = self
                     .offenders
                     .observe(key, dropped, now, &self.service.bans)
                 {
-                    self.ban(paths, &ban, file);
+                    bans.push(ban);
                 }
             }
-        }
-        if let Ok(state) = State::load(paths)
-            && [ListKind::Allow, ListKind::Block]
-                .iter()
-                .any(|k| state.list(*k).values().any(|r| r.expired(now)))
-        {
-            match lists::sweep_expired(paths) {
-                Ok(n) if n > 0 => info!("removed {n} expired list entries"),
-                Ok(_) => {}
-                Err(e) => warn!("sweeping expired entries: {e}"),
+            if !bans.is_empty() {
+                self.ban(paths, &bans, file);
             }
         }
         self.alerts(paths);
     }
 
-    fn ban(&mut self, paths: &Paths, ban: &Ban, file: &FileConfig) {
-        let addr = source_addr(&ban.key);
-        let prefix = match addr {
-            IpAddr::V4(_) => file.limits.prefix4,
-            IpAddr::V6(_) => file.limits.prefix6,
-        };
-        let Ok(cidr) = Cidr::new(addr, prefix as u8) else {
-            return;
-        };
-        let allowlisted = State::load(paths)
-            .is_ok_and(|s| lists::list_live(&s, ListKind::Allow).any(|r| r.cidr.contains(&addr)));
-        if allowlisted {
+    /// Removes expired list entries. The state is read only when the file changed or an entry
+    /// is due to expire, not every second: it holds every list entry (a large blocklist is
+    /// tens of megabytes), and reading it each tick cost a CPU core and the memory bound.
+    fn sweep(&mut self, paths: &Paths, now: u64) {
+        let stamp = file_stamp(&paths.state_file());
+        let due = self.next_expiry.is_some_and(|t| t <= now);
+        if stamp == self.state_seen && !due {
             return;
         }
-        let comment = format!(
-            "over its limit for {}s (offence {})",
-            ban.over_secs, ban.offence
-        );
-        let options = AddOptions {
-            ttl: Some(Duration::from_secs(ban.ttl_secs)),
-            comment: Some(&comment),
-            origin: Origin::Auto,
-            force: false,
+        let Ok(state) = State::load(paths) else {
+            return;
         };
-        match lists::add(paths, ListKind::Block, &[cidr], &options, &|_| {}) {
-            Ok(_) => {
+        self.state_seen = stamp;
+        self.allowlist = lists::list_live(&state, ListKind::Allow)
+            .map(|r| (r.cidr, r.expires_at))
+            .collect();
+        let expiries = || {
+            [ListKind::Allow, ListKind::Block]
+                .into_iter()
+                .flat_map(|k| state.list(k).values().filter_map(|r| r.expires_at))
+        };
+        let expired = expiries().any(|t| t <= now);
+        self.next_expiry = expiries().filter(|t| *t > now).min();
+        drop(state);
+        if expired {
+            match lists::sweep_expired(paths) {
+                Ok(n) => {
+                    if n > 0 {
+                        info!("removed {n} expired list entries");
+                    }
+                    // The sweep rewrote the file; what it left is what was just read, less
+                    // the expired entries.
+                    self.state_seen = file_stamp(&paths.state_file());
+                }
+                Err(e) => {
+                    warn!("sweeping expired entries: {e}");
+                    // Try again next tick.
+                    self.state_seen = None;
+                }
+            }
+        }
+    }
+
+    /// Adds this tick's bans to the blocklist: one state update per kind of ban, not one per
+    /// source (each update rewrites the whole state file). Allowlisted sources are skipped
+    /// (the allowlist as [`Watch::sweep`] last read it: the kernel checks the allowlist
+    /// before the blocklist, so a ban racing an allowlist change has no effect anyway).
+    fn ban(&mut self, paths: &Paths, bans: &[Ban], file: &FileConfig) {
+        let now = unix_now();
+        let allowlisted = |addr: &IpAddr| {
+            self.allowlist
+                .iter()
+                .any(|(cidr, expires)| cidr.contains(addr) && expires.is_none_or(|t| t > now))
+        };
+        let mut groups: BTreeMap<(u64, u32, u64), Vec<Cidr>> = BTreeMap::new();
+        for ban in bans {
+            let addr = source_addr(&ban.key);
+            let prefix = match addr {
+                IpAddr::V4(_) => file.limits.prefix4,
+                IpAddr::V6(_) => file.limits.prefix6,
+            };
+            let Ok(cidr) = Cidr::new(addr, prefix as u8) else {
+                continue;
+            };
+            if allowlisted(&addr) {
+                continue;
+            }
+            groups
+                .entry((ban.ttl_secs, ban.offence, ban.over_secs))
+                .or_default()
+                .push(cidr);
+        }
+        for ((ttl_secs, offence, over_secs), cidrs) in groups {
+            let comment = format!("over its limit for {over_secs}s (offence {offence})");
+            let options = AddOptions {
+                ttl: Some(Duration::from_secs(ttl_secs)),
+                comment: Some(&comment),
+                origin: Origin::Auto,
+                force: false,
+            };
+            let added = match lists::add(paths, ListKind::Block, &cidrs, &options, &|_| {}) {
+                Ok(_) => cidrs,
+                // One refused entry (this host's own address, say) refuses the whole batch:
+                // add the others one by one.
+                Err(_) if cidrs.len() > 1 => cidrs
+                    .into_iter()
+                    .filter(|cidr| {
+                        lists::add(paths, ListKind::Block, &[*cidr], &options, &|_| {})
+                            .map_err(|e| warn!("not banning {cidr}: {e}"))
+                            .is_ok()
+                    })
+                    .collect(),
+                Err(e) => {
+                    for cidr in &cidrs {
+                        warn!("not banning {cidr}: {e}");
+                    }
+                    Vec::new()
+                }
+            };
+            for cidr in added {
                 self.counters.bans.fetch_add(1, Ordering::Relaxed);
-                if ban.offence > 1 {
+                if offence > 1 {
                     self.counters.escalations.fetch_add(1, Ordering::Relaxed);
                 }
                 warn!(
-                    "banned {cidr} for {}s: over its limit for {}s, offence {}",
-                    ban.ttl_secs, ban.over_secs, ban.offence
+                    "banned {cidr} for {ttl_secs}s: over its limit for {over_secs}s, offence {offence}"
                 );
             }
-            Err(e) => warn!("not banning {cidr}: {e}"),
         }
     }
 
@@ -401,9 +491,15 @@ impl Watch {
             }
             self.last_dropped = Some((Instant::now(), dropped));
         }
+        // Counting a map's entries walks all its keys: not every second.
+        let fill_due = self
+            .last_fill_check
+            .is_none_or(|at| at.elapsed() >= FILL_CHECK);
         if alerts.map_fill_percent > 0
+            && fill_due
             && let Ok(fill) = kernel::map_fill(paths)
         {
+            self.last_fill_check = Some(Instant::now());
             let mut now_over: BTreeMap<&'static str, u64> = BTreeMap::new();
             for m in &fill {
                 if m.capacity > 0 {

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use filter_common::LIST_MAP_NAMES;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
@@ -19,13 +20,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    kernel,
-    lists::list_live,
-    paths::Paths,
-    state::{ListKind, State},
-    stats::Stats,
-};
+use crate::{kernel, paths::Paths, state::ListKind, stats::Stats};
 
 /// What the service itself counts.
 #[derive(Debug, Default)]
@@ -155,24 +150,31 @@ impl Collector for FloodwallCollector {
             "Data-path health events",
             &health,
         )?;
-        if let Ok(state) = State::load(&self.paths) {
+        if let Ok(fill) = kernel::map_fill(&self.paths) {
+            // From the kernel's maps, not the state file: that holds every entry and would
+            // make each scrape's memory and time grow with the lists. Each entry is one map
+            // element; an expired one counts until the service sweeps it (within a second).
             let rows: Vec<_> = [ListKind::Allow, ListKind::Block]
                 .iter()
                 .map(|k| {
-                    (
-                        labels(&[("list", k.name().to_owned())]),
-                        list_live(&state, *k).count() as i64,
-                    )
+                    let prefix = match k {
+                        ListKind::Allow => "ALLOW",
+                        ListKind::Block => "BLOCK",
+                    };
+                    let n: u64 = fill
+                        .iter()
+                        .filter(|m| LIST_MAP_NAMES.contains(&m.name) && m.name.starts_with(prefix))
+                        .map(|m| m.entries)
+                        .sum();
+                    (labels(&[("list", k.name().to_owned())]), n as i64)
                 })
                 .collect();
             gauges(
                 &mut encoder,
                 "floodwall_list_entries",
-                "Entries in force per list",
+                "Entries per list",
                 &rows,
             )?;
-        }
-        if let Ok(fill) = kernel::map_fill(&self.paths) {
             let entries: Vec<_> = fill
                 .iter()
                 .map(|m| (labels(&[("map", m.name.to_owned())]), m.entries as i64))
