@@ -7,6 +7,8 @@ use crate::{Reason, limiter::Bucket};
 // Map names: the symbol in the object file and the pin file name under bpffs.
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_IFACE_SLOTS: &str = "IFACE_SLOTS";
+pub const MAP_SLOT_IFACES: &str = "SLOT_IFACES";
 pub const MAP_MISC: &str = "MISC";
 pub const MAP_GLOBALS: &str = "GLOBALS";
 pub const MAP_SOURCES: &str = "SOURCES";
@@ -39,7 +41,12 @@ pub const DEFAULT_HOST_ENTRIES: u32 = 1 << 20;
 pub const DEFAULT_NET_ENTRIES: u32 = 1 << 18;
 pub const DEFAULT_SOURCES: u32 = 1 << 17;
 pub const MAX_INTERFACES: u32 = 64;
-pub const COUNTER_ENTRIES: u32 = MAX_INTERFACES * Reason::COUNT as u32;
+/// Counter slots: slot 0 counts frames of interfaces without a slot of their own (a test run,
+/// an ifindex beyond `IFINDEX_LIMIT`), slots 1..=MAX_INTERFACES one attached interface each.
+pub const COUNTER_SLOTS: u32 = MAX_INTERFACES + 1;
+pub const COUNTER_ENTRIES: u32 = COUNTER_SLOTS * Reason::COUNT as u32;
+/// Interfaces with an index below this get a counter slot through `IFACE_SLOTS`.
+pub const IFINDEX_LIMIT: u32 = 1 << 16;
 pub const EVENT_RING_BYTES: u32 = 1 << 18;
 /// Sources remembered for drop-event deduplication.
 pub const EVENT_SEEN_ENTRIES: u32 = 8192;
@@ -180,14 +187,11 @@ pub struct SourceState {
 }
 const _: () = assert!(size_of::<SourceState>() == 32);
 
-/// Key of the per-CPU verdict counters: which interface, which reason.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CounterKey {
-    pub ifindex: u32,
-    pub reason: u32,
+/// Index into the per-CPU `COUNTERS` array of a counter slot and reason.
+#[inline(always)]
+pub const fn counter_index(slot: u32, reason: Reason) -> u32 {
+    slot * Reason::COUNT as u32 + reason as u32
 }
-const _: () = assert!(size_of::<CounterKey>() == 8);
 
 /// A counter pair.
 #[repr(C)]
@@ -235,7 +239,6 @@ mod pod {
     unsafe impl aya::Pod for ListEntry {}
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for SourceState {}
-    unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for DropEvent {}
 }

@@ -14,21 +14,20 @@ mod sync;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
-    maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
-    },
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use filter_common::{
-    Bucket, COUNTER_ENTRIES, Config, Counter, CounterKey, DEFAULT_HOST_ENTRIES,
+    Bucket, COUNTER_ENTRIES, COUNTER_SLOTS, Config, Counter, DEFAULT_HOST_ENTRIES,
     DEFAULT_NET_ENTRIES, DEFAULT_SOURCES, DropEvent, EVENT_RING_BYTES, EVENT_SEEN_ENTRIES,
     FAMILY_V4, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_EVENTS, GLOBAL_NEWCOMER, GLOBAL_PKT,
-    GLOBAL_SLOTS, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST, LIST_ALLOW6_NET,
-    LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET, ListEntry, MISC_ADMITTED,
-    MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT, MISC_EVENTS_SUPPRESSED,
-    MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, Reason, SourceKey, SourceState, byte_cost, mask_prefix,
+    GLOBAL_SLOTS, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST,
+    LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET,
+    ListEntry, MISC_ADMITTED, MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT,
+    MISC_EVENTS_SUPPRESSED, MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, Reason, SourceKey, SourceState,
+    byte_cost, counter_index, mask_prefix,
 };
 
 use crate::{
@@ -38,8 +37,14 @@ use crate::{
 
 #[map]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
+// Counters in a per-CPU array (an inlined lookup) rather than a hash keyed by interface:
+// `IFACE_SLOTS` maps an interface to its slot, `SLOT_IFACES` is the reverse, for userspace.
 #[map]
-static COUNTERS: PerCpuHashMap<CounterKey, Counter> = PerCpuHashMap::pinned(COUNTER_ENTRIES, 0);
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);
+#[map]
+static IFACE_SLOTS: Array<u32> = Array::pinned(IFINDEX_LIMIT, 0);
+#[map]
+static SLOT_IFACES: Array<u32> = Array::pinned(COUNTER_SLOTS, 0);
 #[map]
 static MISC: PerCpuArray<u64> = PerCpuArray::pinned(MISC_SLOTS, 0);
 #[map]
@@ -87,18 +92,20 @@ const LPM_RETRIES: usize = 129;
 pub fn floodwall(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let ifindex = ctx.ingress_ifindex() as u32;
+    // Interfaces without a slot (or beyond the table) share slot 0.
+    let slot = IFACE_SLOTS.get(ifindex).copied().unwrap_or(0);
     // Index 0 of an array map always exists; without it the program is not configured.
     let Some(cfg) = CONFIG.get(0) else {
-        count(ifindex, Reason::Malformed, len);
+        count(slot, Reason::Malformed, len);
         return xdp_action::XDP_PASS;
     };
-    let mut clock = Clock(0);
+    let mut clock = Clock::default();
     let (reason, src) = match parse(&ctx) {
         Ok(Parsed::NonIp) => (Reason::NonIp, None),
         Ok(Parsed::Ip(src)) => (decide(cfg, &src, len, &mut clock), Some(src)),
         Err(()) => (Reason::Malformed, None),
     };
-    count(ifindex, reason, len);
+    count(slot, reason, len);
     let drops = match reason {
         Reason::Malformed => cfg.malformed_drops(),
         r => r.drops(),
@@ -110,23 +117,41 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
         report(cfg, &src, reason, ifindex, &mut clock);
     }
     if cfg.dry_run() {
-        count(ifindex, Reason::DryRunPassed, len);
+        count(slot, Reason::DryRunPassed, len);
         return xdp_action::XDP_PASS;
     }
     xdp_action::XDP_DROP
 }
 
-/// `bpf_ktime_get_ns` read at most once per frame, and only on paths that need time.
-struct Clock(u64);
+/// The time, read at most once per frame and only on paths that need it.
+#[derive(Default)]
+struct Clock {
+    precise: u64,
+    coarse: u64,
+}
 
 impl Clock {
+    /// `bpf_ktime_get_ns`: what the limiter and list expiry use.
     #[inline(always)]
     fn now(&mut self) -> u64 {
-        if self.0 == 0 {
+        if self.precise == 0 {
             // SAFETY: a helper without arguments.
-            self.0 = unsafe { bpf_ktime_get_ns() };
+            self.precise = unsafe { bpf_ktime_get_ns() };
         }
-        self.0
+        self.precise
+    }
+
+    /// The same clock at tick resolution, at half the cost: enough for event sampling.
+    #[inline(always)]
+    fn coarse(&mut self) -> u64 {
+        if self.precise != 0 {
+            return self.precise;
+        }
+        if self.coarse == 0 {
+            // SAFETY: a helper without arguments.
+            self.coarse = unsafe { bpf_ktime_get_coarse_ns() };
+        }
+        self.coarse
     }
 }
 
@@ -339,6 +364,15 @@ fn take(slot: u32, bucket: &Bucket, cost: u64, now: u64) -> bool {
     }
 }
 
+/// Whether global bucket `slot` would let one unit through now (no token is taken).
+#[inline(always)]
+fn has_budget(slot: u32, bucket: &Bucket, now: u64) -> bool {
+    match GLOBALS.get(slot) {
+        Some(tat) => filter_common::gcra(*tat, now, bucket.cost, bucket.tau).is_some(),
+        None => false,
+    }
+}
+
 /// GCRA on one arrival time; contention that outlasts the retries counts as over the limit.
 #[inline(always)]
 fn take_ptr(tat: *mut u64, bucket: &Bucket, cost: u64, now: u64) -> bool {
@@ -358,22 +392,33 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, clock: &m
     if !cfg.events.enabled() {
         return;
     }
-    let now = clock.now();
+    let now = clock.coarse();
+    // A read of the global budget first: when it is spent (as in any flood) nothing more is
+    // done. Then the source's own interval, and only then is a token taken, so a flood from
+    // one source cannot spend the budget that the first drops of other sources need.
+    if !has_budget(GLOBAL_EVENTS, &cfg.events, now) {
+        bump(MISC_EVENTS_SUPPRESSED);
+        return;
+    }
+    let seen = EVENT_SEEN.get_ptr_mut(src);
+    if let Some(last) = seen {
+        // SAFETY: a map value valid for this run.
+        if now.wrapping_sub(unsafe { *last }) < cfg.event_interval_ns {
+            bump(MISC_EVENTS_SUPPRESSED);
+            return;
+        }
+    }
     if !take(GLOBAL_EVENTS, &cfg.events, cfg.events.cost, now) {
         bump(MISC_EVENTS_SUPPRESSED);
         return;
     }
-    if let Some(last) = EVENT_SEEN.get_ptr_mut(src) {
-        // SAFETY: a map value valid for this run; a racy write only resamples.
-        let last = unsafe { &mut *last };
-        if now.wrapping_sub(*last) < cfg.event_interval_ns {
-            bump(MISC_EVENTS_SUPPRESSED);
-            return;
+    match seen {
+        // SAFETY: as above; a racy write only resamples.
+        Some(last) => unsafe { *last = now },
+        None => {
+            // Failure only means the source is reported again sooner.
+            let _ = EVENT_SEEN.insert(src, &now, 0);
         }
-        *last = now;
-    } else {
-        // Failure only means the source is reported again sooner.
-        let _ = EVENT_SEEN.insert(src, &now, 0);
     }
     let event = DropEvent {
         ts_ns: now,
@@ -391,30 +436,12 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, clock: &m
 }
 
 #[inline(always)]
-fn count(ifindex: u32, reason: Reason, len: u64) {
-    let key = CounterKey {
-        ifindex,
-        reason: reason as u32,
-    };
-    match COUNTERS.get_ptr_mut(&key) {
-        Some(counter) => {
-            // SAFETY: this CPU's own slot of a per-CPU value.
-            let counter = unsafe { &mut *counter };
-            counter.packets += 1;
-            counter.bytes += len;
-        }
-        None => {
-            // First frame of this interface and reason on this CPU. If the map is full the
-            // frame still gets its verdict; `floodwall status` shows the counter map's fill.
-            let _ = COUNTERS.insert(
-                &key,
-                &Counter {
-                    packets: 1,
-                    bytes: len,
-                },
-                0,
-            );
-        }
+fn count(slot: u32, reason: Reason, len: u64) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(counter_index(slot, reason)) {
+        // SAFETY: this CPU's own element of a per-CPU array.
+        let counter = unsafe { &mut *counter };
+        counter.packets += 1;
+        counter.bytes += len;
     }
 }
 

@@ -7,7 +7,7 @@ use aya::{
     EbpfLoader,
     maps::{
         Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
-        PerCpuHashMap, RingBuf, lpm_trie::Key,
+        PerCpuValues, RingBuf, lpm_trie::Key,
     },
     programs::{
         ProgramError, Xdp, XdpMode,
@@ -16,10 +16,11 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
-    Config, Counter, CounterKey, LIST_MAP_NAMES, ListEntry, MAP_ALLOW4_HOST, MAP_ALLOW4_NET,
-    MAP_ALLOW6_HOST, MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_BLOCK6_HOST,
-    MAP_BLOCK6_NET, MAP_CONFIG, MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS, MAP_GLOBALS, MAP_MISC,
-    MAP_SOURCES, PROGRAM_NAME, SourceKey, SourceState,
+    COUNTER_SLOTS, Config, Counter, IFINDEX_LIMIT, LIST_MAP_NAMES, ListEntry, MAP_ALLOW4_HOST,
+    MAP_ALLOW4_NET, MAP_ALLOW6_HOST, MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET,
+    MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_CONFIG, MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS,
+    MAP_GLOBALS, MAP_IFACE_SLOTS, MAP_MISC, MAP_SLOT_IFACES, MAP_SOURCES, MAX_INTERFACES,
+    PROGRAM_NAME, Reason, SourceKey, SourceState, counter_index,
 };
 use thiserror::Error;
 
@@ -31,6 +32,8 @@ pub enum KernelError {
     NotLoaded,
     #[error("interface `{iface}` does not exist (see `ip link`)")]
     UnknownInterface { iface: String },
+    #[error("floodwall counts at most {max} interfaces separately: detach one first")]
+    TooManyInterfaces { max: u32 },
     #[error("floodwall is already attached to `{iface}`; run `floodwall detach {iface}` first")]
     AlreadyAttached { iface: String },
     #[error("floodwall is not attached to `{iface}` (see `floodwall status`)")]
@@ -207,9 +210,11 @@ fn remove_pin(path: PathBuf) -> Result<(), KernelError> {
 }
 
 /// Every map the program pins besides the list maps (`LIST_MAP_NAMES`).
-const STATE_MAP_NAMES: [&str; 7] = [
+const STATE_MAP_NAMES: [&str; 9] = [
     MAP_CONFIG,
     MAP_COUNTERS,
+    MAP_IFACE_SLOTS,
+    MAP_SLOT_IFACES,
     MAP_MISC,
     MAP_GLOBALS,
     MAP_SOURCES,
@@ -239,6 +244,23 @@ pub fn attach(paths: &Paths, iface: &str, mode: AttachMode) -> Result<AttachMode
     }
     let mut program = Xdp::from_pin(paths.program_pin(), XdpAttachType::Interface)
         .map_err(|_| KernelError::NotLoaded)?;
+    let index = ifindex(iface).ok_or_else(|| KernelError::UnknownInterface {
+        iface: iface.to_owned(),
+    })?;
+    assign_slot(paths, index)?;
+    let result = attach_link(paths, &mut program, iface, mode);
+    if result.is_err() {
+        release_slot(paths, index);
+    }
+    result
+}
+
+fn attach_link(
+    paths: &Paths,
+    program: &mut Xdp,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<AttachMode, KernelError> {
     let tries: &[AttachMode] = match mode {
         AttachMode::Auto => &[AttachMode::Native, AttachMode::Skb],
         AttachMode::Native => &[AttachMode::Native],
@@ -305,7 +327,70 @@ pub fn detach(paths: &Paths, iface: &str) -> Result<(), KernelError> {
         detail: e.to_string(),
     })?;
     drop(link);
+    if let Some(index) = ifindex(iface) {
+        release_slot(paths, index);
+    }
     Ok(())
+}
+
+/// Gives interface `index` a counter slot of its own, starting from zero. Interfaces beyond
+/// `IFINDEX_LIMIT` share slot 0.
+fn assign_slot(paths: &Paths, index: u32) -> Result<(), KernelError> {
+    if index >= IFINDEX_LIMIT {
+        return Ok(());
+    }
+    let update = |name, source| KernelError::Update { name, source };
+    let mut slot_ifaces: Array<MapData, u32> = open_as(paths, MAP_SLOT_IFACES)?;
+    let mut chosen = None;
+    for slot in 1..COUNTER_SLOTS {
+        let owner = slot_ifaces
+            .get(&slot, 0)
+            .map_err(|e| update(MAP_SLOT_IFACES, e))?;
+        if owner == index {
+            chosen = Some(slot);
+            break;
+        }
+        // A slot whose interface is gone (deleted while attached) is free again.
+        if chosen.is_none() && (owner == 0 || ifname(owner).is_none()) {
+            chosen = Some(slot);
+        }
+    }
+    let slot = chosen.ok_or(KernelError::TooManyInterfaces {
+        max: MAX_INTERFACES,
+    })?;
+    let mut counters: PerCpuArray<MapData, Counter> = open_as(paths, MAP_COUNTERS)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| update(MAP_COUNTERS, MapError::IoError(e)))?;
+    for reason in Reason::ALL {
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])
+            .map_err(|e| update(MAP_COUNTERS, MapError::IoError(e)))?;
+        counters
+            .set(counter_index(slot, reason), zeros, 0)
+            .map_err(|e| update(MAP_COUNTERS, e))?;
+    }
+    slot_ifaces
+        .set(slot, index, 0)
+        .map_err(|e| update(MAP_SLOT_IFACES, e))?;
+    let mut iface_slots: Array<MapData, u32> = open_as(paths, MAP_IFACE_SLOTS)?;
+    iface_slots
+        .set(index, slot, 0)
+        .map_err(|e| update(MAP_IFACE_SLOTS, e))
+}
+
+/// Gives the counter slot of interface `index` back; its frames count in slot 0 until then.
+fn release_slot(paths: &Paths, index: u32) {
+    if index >= IFINDEX_LIMIT {
+        return;
+    }
+    // Best effort: a slot left behind is reclaimed once its interface is gone.
+    if let Ok(mut iface_slots) = open_as::<Array<MapData, u32>>(paths, MAP_IFACE_SLOTS) {
+        if let Ok(slot) = iface_slots.get(&index, 0)
+            && slot != 0
+            && let Ok(mut slot_ifaces) = open_as::<Array<MapData, u32>>(paths, MAP_SLOT_IFACES)
+        {
+            let _ = slot_ifaces.set(slot, 0, 0);
+        }
+        let _ = iface_slots.set(index, 0, 0);
+    }
 }
 
 fn open(paths: &Paths, name: &'static str) -> Result<Map, KernelError> {
@@ -363,23 +448,57 @@ pub fn reset_globals(paths: &Paths) -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Verdict counters summed over CPUs: (ifindex, reason) → counter.
-pub fn read_counters(paths: &Paths) -> Result<Vec<(CounterKey, Counter)>, KernelError> {
-    let map: PerCpuHashMap<MapData, CounterKey, Counter> = open_as(paths, MAP_COUNTERS)?;
-    let mut out = Vec::new();
-    for item in map.iter() {
-        let (key, values) = item.map_err(|source| KernelError::OpenMap {
-            name: MAP_COUNTERS,
-            source,
-        })?;
-        let mut sum = Counter::default();
-        for v in values.iter() {
-            sum.packets += v.packets;
-            sum.bytes += v.bytes;
-        }
-        out.push((key, sum));
+/// Verdict counters summed over CPUs, by interface index and reason; index 0 stands for the
+/// interfaces without a slot of their own.
+pub fn read_counters(paths: &Paths) -> Result<Vec<(u32, Reason, Counter)>, KernelError> {
+    CounterReader::open(paths)?.read()
+}
+
+/// The counter maps held open, for callers that read them often.
+pub struct CounterReader {
+    counters: PerCpuArray<MapData, Counter>,
+    slot_ifaces: Array<MapData, u32>,
+}
+
+impl CounterReader {
+    pub fn open(paths: &Paths) -> Result<CounterReader, KernelError> {
+        Ok(CounterReader {
+            counters: open_as(paths, MAP_COUNTERS)?,
+            slot_ifaces: open_as(paths, MAP_SLOT_IFACES)?,
+        })
     }
-    Ok(out)
+
+    pub fn read(&self) -> Result<Vec<(u32, Reason, Counter)>, KernelError> {
+        let err = |name, source| KernelError::OpenMap { name, source };
+        let mut out = Vec::new();
+        for slot in 0..COUNTER_SLOTS {
+            let index = match slot {
+                0 => 0,
+                _ => self
+                    .slot_ifaces
+                    .get(&slot, 0)
+                    .map_err(|e| err(MAP_SLOT_IFACES, e))?,
+            };
+            if slot != 0 && index == 0 {
+                continue;
+            }
+            for reason in Reason::ALL {
+                let values = self
+                    .counters
+                    .get(&counter_index(slot, reason), 0)
+                    .map_err(|e| err(MAP_COUNTERS, e))?;
+                let mut sum = Counter::default();
+                for v in values.iter() {
+                    sum.packets += v.packets;
+                    sum.bytes += v.bytes;
+                }
+                if slot != 0 || sum.packets != 0 {
+                    out.push((index, reason, sum));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Data-path health counters summed over CPUs, by `MISC_*` slot.
@@ -433,7 +552,7 @@ pub fn map_fill(paths: &Paths) -> Result<Vec<MapFill>, KernelError> {
     let mut out = Vec::new();
     for name in LIST_MAP_NAMES
         .into_iter()
-        .chain([MAP_SOURCES, MAP_COUNTERS, MAP_EVENT_SEEN])
+        .chain([MAP_SOURCES, MAP_EVENT_SEEN])
     {
         let data = MapData::from_pin(paths.map_pin(name))
             .map_err(|source| KernelError::OpenMap { name, source })?;
@@ -455,7 +574,7 @@ pub fn map_fill(paths: &Paths) -> Result<Vec<MapFill>, KernelError> {
 
 fn count_keys(map: &Map) -> u64 {
     let data = match map {
-        Map::HashMap(d) | Map::LpmTrie(d) | Map::LruHashMap(d) | Map::PerCpuHashMap(d) => d,
+        Map::HashMap(d) | Map::LpmTrie(d) | Map::LruHashMap(d) => d,
         _ => return 0,
     };
     let mut n = 0;

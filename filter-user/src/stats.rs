@@ -41,13 +41,13 @@ impl Stats {
         for r in Reason::ALL {
             totals.insert(r.name(), Count::default());
         }
-        for (key, counter) in kernel::read_counters(paths)? {
-            let Some(reason) = Reason::from_u32(key.reason) else {
-                continue;
-            };
-            let entry = by_iface.entry(key.ifindex).or_insert_with(|| IfaceStats {
-                iface: kernel::ifname(key.ifindex).unwrap_or_else(|| format!("if{}", key.ifindex)),
-                ifindex: key.ifindex,
+        for (ifindex, reason, counter) in kernel::read_counters(paths)? {
+            let entry = by_iface.entry(ifindex).or_insert_with(|| IfaceStats {
+                iface: match ifindex {
+                    0 => String::from("(no slot)"),
+                    i => kernel::ifname(i).unwrap_or_else(|| format!("if{i}")),
+                },
+                ifindex,
                 reasons: Reason::ALL
                     .iter()
                     .map(|r| (r.name(), Count::default()))

@@ -110,10 +110,8 @@ impl Loaded {
     /// Packets per reason, summed over interfaces and CPUs.
     pub fn counters(&self) -> Result<BTreeMap<Reason, u64>> {
         let mut out: BTreeMap<Reason, u64> = Reason::ALL.iter().map(|r| (*r, 0)).collect();
-        for (key, counter) in kernel::read_counters(&self.paths)? {
-            if let Some(reason) = Reason::from_u32(key.reason) {
-                *out.entry(reason).or_default() += counter.packets;
-            }
+        for (_, reason, counter) in kernel::read_counters(&self.paths)? {
+            *out.entry(reason).or_default() += counter.packets;
         }
         Ok(out)
     }

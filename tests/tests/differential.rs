@@ -18,8 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::maps::{Map, MapData, PerCpuHashMap};
-use filter_common::{Counter, CounterKey, ListEntry, MAP_COUNTERS, Reason};
+use filter_common::{ListEntry, Reason};
 use floodwall::{
     cidr::Cidr,
     kernel::{self, ListMaps},
@@ -476,23 +475,20 @@ const MAX_EXT_HEADERS_PLUS: usize = model::MAX_EXT_HEADERS + 2;
 
 /// Per-reason packet counts read from the pinned counter map through one open handle.
 struct Counters {
-    map: PerCpuHashMap<MapData, CounterKey, Counter>,
+    reader: kernel::CounterReader,
 }
 
 impl Counters {
     fn open(fw: &Loaded) -> Result<Counters> {
-        let data = MapData::from_pin(fw.paths.map_pin(MAP_COUNTERS))?;
-        let map = PerCpuHashMap::try_from(Map::from_map_data(data)?)?;
-        Ok(Counters { map })
+        Ok(Counters {
+            reader: kernel::CounterReader::open(&fw.paths)?,
+        })
     }
 
     fn read(&self) -> Result<[u64; Reason::COUNT]> {
         let mut out = [0u64; Reason::COUNT];
-        for item in self.map.iter() {
-            let (key, values) = item?;
-            if let Some(slot) = out.get_mut(key.reason as usize) {
-                *slot += values.iter().map(|c| c.packets).sum::<u64>();
-            }
+        for (_, reason, counter) in self.reader.read()? {
+            out[reason as usize] += counter.packets;
         }
         Ok(out)
     }
