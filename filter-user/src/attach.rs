@@ -107,6 +107,10 @@ pub fn attach(
     let result = (|| -> Result<Vec<(String, AttachMode)>, AttachError> {
         if loaded_now {
             lists::restore(paths, &state)?;
+            // Freshly restored from the state: nothing half-applied can remain.
+            let _ = std::fs::remove_file(paths.pending_file());
+        } else {
+            lists::recover(paths, &state)?;
         }
         let mut limits = match (options.config, state.limits.clone()) {
             (None, Some(persisted)) => persisted,

@@ -18,7 +18,7 @@ use crate::{
     kernel::{self, AttachMode, KernelError},
     limits::{Limits, LimitsError, MalformedAction},
     lists::{self, AddOptions, ListError, list_bits},
-    paths::Paths,
+    paths::{Paths, PathsError},
     state::{ListKind, Lock, Origin, State, StateError, unix_now_ns},
     stats::{self, Stats},
 };
@@ -248,6 +248,8 @@ pub enum CliError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
+    Paths(#[from] PathsError),
+    #[error(transparent)]
     Cidr(#[from] CidrError),
     #[error(transparent)]
     Reload(#[from] crate::reload::ReloadError),
@@ -286,7 +288,7 @@ impl CliError {
             CliError::ReadFile { .. } => true,
             CliError::Reload(e) => e.is_bad_input(),
             CliError::Daemon(e) => e.is_bad_input(),
-            CliError::State(_) | CliError::Output(_) => false,
+            CliError::State(_) | CliError::Paths(_) | CliError::Output(_) => false,
         };
         if bad_input { 2 } else { 1 }
     }
@@ -294,6 +296,9 @@ impl CliError {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let paths = Paths::from_env();
+    if !matches!(cli.command, Command::Completions { .. } | Command::Man) {
+        paths.check_access()?;
+    }
     match cli.command {
         Command::Attach {
             ifaces,
@@ -630,10 +635,12 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
         println!("floodwall is not attached: run `floodwall attach IFACE`");
         return Ok(());
     }
+    lists::recover_if_pending(paths)?;
     let state = State::load(paths)?;
     let limits = state.limits.clone().unwrap_or_default();
     let fill = kernel::map_fill(paths)?;
     let config = kernel::read_config(paths)?;
+    let program_id = kernel::program_id(paths)?;
     if json {
         let ifaces: Vec<_> = links
             .iter()
@@ -641,6 +648,7 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
             .collect();
         return print_json(&json!({
             "loaded": true,
+            "program_id": program_id,
             "interfaces": ifaces,
             "dry_run": config.dry_run(),
             "limits": limits,
@@ -651,6 +659,7 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
             "maps": fill,
         }));
     }
+    println!("program:     id {program_id} (`bpftool prog show id {program_id}`)");
     println!("attached:");
     for (iface, mode, _) in &links {
         println!("  {iface:<16} {mode}");

@@ -71,7 +71,11 @@ pub enum KernelError {
         source: MapError,
     },
     #[error(
-        "{list} is full ({capacity} entries of this kind): raise the capacity in the config file, then detach and attach"
+        "the {} is full: {list} holds its capacity of {capacity} entries; raise `{}` in the \
+         [capacity] section of the config file, then run `floodwall detach --all` and attach \
+         again (capacities are fixed when the filter is loaded)",
+        list_of_map(list),
+        capacity_key(list)
     )]
     Full { list: &'static str, capacity: u32 },
     #[error("cannot update map `{name}`: {source}")]
@@ -79,6 +83,12 @@ pub enum KernelError {
         name: &'static str,
         #[source]
         source: MapError,
+    },
+    #[error("cannot read the pinned program `{path}`: {source}")]
+    ProgramInfo {
+        path: PathBuf,
+        #[source]
+        source: Box<ProgramError>,
     },
 }
 
@@ -185,6 +195,17 @@ pub fn load(paths: &Paths, capacity: &Capacity) -> Result<(), KernelError> {
             detail: e.to_string(),
         })?;
     Ok(())
+}
+
+/// The kernel's id of the pinned program, as `bpftool prog` and `ip link` show it.
+pub fn program_id(paths: &Paths) -> Result<u32, KernelError> {
+    let path = paths.program_pin();
+    aya::programs::ProgramInfo::from_pin(&path)
+        .map(|info| info.id())
+        .map_err(|source| KernelError::ProgramInfo {
+            path,
+            source: Box::new(source),
+        })
 }
 
 /// Removes every pin: the program and maps go away with the last reference.
@@ -641,6 +662,29 @@ impl ListMaps {
         result.map_err(|source| full_or_update(name, source, self.capacity(name)))
     }
 
+    /// Every entry in the four maps, as CIDRs.
+    pub fn entries(&self) -> Result<Vec<Cidr>, KernelError> {
+        let [h4, n4, h6, n6] = names(self.kind);
+        let err = |name, source| KernelError::OpenMap { name, source };
+        let cidr = |addr: IpAddr, len: u32| Cidr::new(addr, len as u8).ok();
+        let mut out = Vec::new();
+        for key in self.host4.keys() {
+            out.extend(cidr(IpAddr::from(key.map_err(|e| err(h4, e))?), 32));
+        }
+        for key in self.net4.keys() {
+            let key = key.map_err(|e| err(n4, e))?;
+            out.extend(cidr(IpAddr::from(key.data()), key.prefix_len()));
+        }
+        for key in self.host6.keys() {
+            out.extend(cidr(IpAddr::from(key.map_err(|e| err(h6, e))?), 128));
+        }
+        for key in self.net6.keys() {
+            let key = key.map_err(|e| err(n6, e))?;
+            out.extend(cidr(IpAddr::from(key.data()), key.prefix_len()));
+        }
+        Ok(out)
+    }
+
     /// Inserts every entry: exact hosts in batches (one `bpf(2)` call per many thousand),
     /// prefixes one by one (prefix tries have no batch update). Stops at the first error.
     pub fn insert_all(
@@ -752,6 +796,25 @@ fn names(kind: ListKind) -> [&'static str; 4] {
             MAP_BLOCK6_HOST,
             MAP_BLOCK6_NET,
         ],
+    }
+}
+
+/// The list a list map belongs to (`BLOCK4_HOST`: blocklist).
+fn list_of_map(map: &str) -> &'static str {
+    if map.starts_with("ALLOW") {
+        ListKind::Allow.name()
+    } else {
+        ListKind::Block.name()
+    }
+}
+
+/// The `[capacity]` key that sizes a list map (`BLOCK4_HOST`: `block_hosts`).
+fn capacity_key(map: &str) -> &'static str {
+    match (map.starts_with("ALLOW"), map.ends_with("_HOST")) {
+        (true, true) => "allow_hosts",
+        (true, false) => "allow_nets",
+        (false, true) => "block_hosts",
+        (false, false) => "block_nets",
     }
 }
 

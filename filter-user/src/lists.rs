@@ -192,6 +192,7 @@ fn apply(
 ) -> Result<(), ListError> {
     let mut maps = ListMaps::open(paths, kind)?;
     let (unow, mnow) = (unix_now_ns(), mono_now_ns());
+    mark_pending(paths)?;
     let before: BTreeMap<Cidr, Option<Record>> = changes
         .keys()
         .map(|c| (*c, state.list(kind).get(c).cloned()))
@@ -223,6 +224,7 @@ fn apply(
     };
     if let Some(e) = failure {
         rollback(&mut maps);
+        clear_pending(paths);
         return Err(e.into());
     }
     let mut new_state = state.clone();
@@ -242,10 +244,65 @@ fn apply(
         rollback(&mut maps);
         let limits = state.limits.clone().unwrap_or_default();
         let _ = kernel::write_config(paths, &limits.to_config(list_bits(state)));
+        clear_pending(paths);
         return Err(e);
     }
+    clear_pending(paths);
     *state = new_state;
     Ok(())
+}
+
+fn mark_pending(paths: &Paths) -> Result<(), ListError> {
+    std::fs::write(paths.pending_file(), b"").map_err(|source| {
+        ListError::State(StateError::Write {
+            path: paths.pending_file(),
+            source,
+        })
+    })
+}
+
+/// Only called once the kernel and the state agree again.
+fn clear_pending(paths: &Paths) {
+    // If this fails the next command reconciles once more, which changes nothing.
+    let _ = std::fs::remove_file(paths.pending_file());
+}
+
+/// For commands that only read: finishes a recovery first if one is due, so what they show
+/// is what the kernel does.
+pub fn recover_if_pending(paths: &Paths) -> Result<(), ListError> {
+    if paths.pending_file().exists() {
+        let _lock = Lock::acquire(paths)?;
+        recover(paths, &State::load(paths)?)?;
+    }
+    Ok(())
+}
+
+/// After a command died half-way through a change (the marker is still there), makes the
+/// kernel lists hold exactly what the state file holds: the state was written last, so it
+/// is the truth. Called with the lock held.
+pub fn recover(paths: &Paths, state: &State) -> Result<bool, ListError> {
+    if !paths.pending_file().exists() {
+        return Ok(false);
+    }
+    let (unow, mnow) = (unix_now_ns(), mono_now_ns());
+    for kind in [ListKind::Allow, ListKind::Block] {
+        let mut maps = ListMaps::open(paths, kind)?;
+        for cidr in maps.entries()? {
+            if !state.list(kind).contains_key(&cidr) {
+                maps.remove(&cidr)?;
+            }
+        }
+        let entries: Vec<(Cidr, ListEntry)> = state
+            .list(kind)
+            .values()
+            .map(|r| (r.cidr, kernel_entry(r, unow, mnow)))
+            .collect();
+        maps.insert_all(&entries, &|_| {})?;
+    }
+    let limits = state.limits.clone().unwrap_or_default();
+    kernel::write_config(paths, &limits.to_config(list_bits(state)))?;
+    clear_pending(paths);
+    Ok(true)
 }
 
 fn loaded_state(paths: &Paths) -> Result<(Lock, State), ListError> {
@@ -253,7 +310,9 @@ fn loaded_state(paths: &Paths) -> Result<(Lock, State), ListError> {
         return Err(KernelError::NotLoaded.into());
     }
     let lock = Lock::acquire(paths)?;
-    Ok((lock, State::load(paths)?))
+    let state = State::load(paths)?;
+    recover(paths, &state)?;
+    Ok((lock, state))
 }
 
 /// Removal changes for the entries of `kind` whose time is up, so every change also sweeps
@@ -352,6 +411,7 @@ pub fn list(paths: &Paths, kind: ListKind) -> Result<Vec<Record>, ListError> {
     if !paths.is_loaded() {
         return Err(KernelError::NotLoaded.into());
     }
+    recover_if_pending(paths)?;
     let state = State::load(paths)?;
     Ok(list_live(&state, kind).cloned().collect())
 }

@@ -32,10 +32,15 @@ const LINK_PIN_PREFIX: &str = "link_";
 #[derive(Debug, Error)]
 pub enum PathsError {
     #[error(
-        "`{path}` is not on a mounted bpffs: mount one (`mount -t bpf bpf {path}`) or point \
-         {ENV_BPFFS} at a directory on bpffs"
+        "`{path}` is not on a mounted bpffs: mount one (`mkdir -p {path} && mount -t bpf bpf \
+         {path}`) or point {ENV_BPFFS} at a directory on bpffs"
     )]
     NotBpffs { path: PathBuf },
+    #[error(
+        "permission denied on `{path}`: floodwall needs root (CAP_BPF, CAP_NET_ADMIN and \
+         CAP_PERFMON, and read-write access to its pins and state directory)"
+    )]
+    PermissionDenied { path: PathBuf },
     #[error(
         "cannot mount bpffs at `{SYSTEM_BPFFS}`: {source}; mount it by hand (`mount -t bpf bpf {SYSTEM_BPFFS}`), which needs CAP_SYS_ADMIN"
     )]
@@ -98,6 +103,12 @@ impl Paths {
         self.state_dir.join("state.json")
     }
 
+    /// Exists while a list change is being applied: if a command finds it, the one before it
+    /// died half-way and the kernel lists are brought back in line with the state file.
+    pub fn pending_file(&self) -> PathBuf {
+        self.state_dir.join("lists.pending")
+    }
+
     /// Holds the pid of `floodwall run` while it runs.
     pub fn run_pid_file(&self) -> PathBuf {
         self.state_dir.join("run.pid")
@@ -117,6 +128,11 @@ impl Paths {
         let entries = match fs::read_dir(&self.bpffs) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) if is_denied(&source) => {
+                return Err(PathsError::PermissionDenied {
+                    path: self.bpffs.clone(),
+                });
+            }
             Err(source) => {
                 return Err(PathsError::Read {
                     path: self.bpffs.clone(),
@@ -144,29 +160,65 @@ impl Paths {
         if self.bpffs == Path::new(DEFAULT_BPFFS) && !is_bpffs(Path::new(SYSTEM_BPFFS)) {
             mount_bpffs(Path::new(SYSTEM_BPFFS))?;
         }
-        let parent = self.bpffs.parent().unwrap_or(Path::new("/"));
-        let on_bpffs = if self.bpffs.exists() {
-            is_bpffs(&self.bpffs)
-        } else {
-            is_bpffs(parent)
-        };
+        // A directory still to be made lands on the filesystem of its nearest existing ancestor.
+        let on_bpffs = self
+            .bpffs
+            .ancestors()
+            .find(|p| p.exists())
+            .is_some_and(is_bpffs);
         if !on_bpffs {
             return Err(PathsError::NotBpffs {
                 path: self.bpffs.clone(),
             });
         }
-        fs::create_dir_all(&self.bpffs).map_err(|source| PathsError::Create {
-            path: self.bpffs.clone(),
-            source,
-        })
+        fs::create_dir_all(&self.bpffs).map_err(|source| create_error(&self.bpffs, source))
     }
 
     pub fn ensure_state_dir(&self) -> Result<(), PathsError> {
-        fs::create_dir_all(&self.state_dir).map_err(|source| PathsError::Create {
-            path: self.state_dir.clone(),
-            source,
-        })
+        fs::create_dir_all(&self.state_dir).map_err(|source| create_error(&self.state_dir, source))
     }
+
+    /// Fails with [`PathsError::PermissionDenied`] when this process may not use the pinned
+    /// program or the state directory (it is not root), so that it says so up front instead
+    /// of "not attached" (from a pin it cannot see) or a bare EACCES half-way through.
+    pub fn check_access(&self) -> Result<(), PathsError> {
+        for (path, mode) in [
+            (self.program_pin(), libc::R_OK | libc::W_OK),
+            (self.state_dir.clone(), libc::R_OK | libc::W_OK | libc::X_OK),
+        ] {
+            let denied = match fs::metadata(&path) {
+                Ok(_) => access_denied(&path, mode),
+                Err(e) => is_denied(&e),
+            };
+            if denied {
+                return Err(PathsError::PermissionDenied { path });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_denied(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+}
+
+fn create_error(path: &Path, source: std::io::Error) -> PathsError {
+    let path = path.to_owned();
+    if is_denied(&source) {
+        PathsError::PermissionDenied { path }
+    } else {
+        PathsError::Create { path, source }
+    }
+}
+
+/// Whether the effective user, with its capabilities, is refused `mode` on `path`.
+fn access_denied(path: &Path, mode: libc::c_int) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c_path.as_ptr(), mode, libc::AT_EACCESS) };
+    rc != 0 && is_denied(&std::io::Error::last_os_error())
 }
 
 fn is_bpffs(path: &Path) -> bool {

@@ -1,0 +1,147 @@
+//! A controller killed with SIGKILL in the middle of an import loses nothing and leaves no
+//! half-applied list behind: the next command finds the change marker and makes the kernel
+//! lists match the state file, which holds either everything before the import or everything
+//! after it.
+
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use aya::maps::{HashMap, Map, MapData};
+use filter_common::{ListEntry, MAP_BLOCK4_HOST};
+use floodwall_tests::{
+    cli::Floodwall,
+    netns::{Netns, VethPair},
+};
+use serde_json::Value;
+
+/// Host entries in the kernel's IPv4 blocklist map, read directly (no floodwall command, so no
+/// recovery runs first).
+fn raw_kernel_block_hosts(fw: &Floodwall<'_>) -> Result<usize> {
+    let data = MapData::from_pin(fw.pin_dir().join(MAP_BLOCK4_HOST))?;
+    let map: HashMap<MapData, [u8; 4], ListEntry> = HashMap::try_from(Map::from_map_data(data)?)?;
+    Ok(map.keys().filter(Result::is_ok).count())
+}
+
+fn block_count(fw: &Floodwall<'_>) -> Result<usize> {
+    let list = fw.json(&["block", "list", "--json"])?;
+    list.as_array()
+        .map(Vec::len)
+        .context("block list is not an array")
+}
+
+fn kernel_block_hosts(fw: &Floodwall<'_>) -> Result<u64> {
+    let status = fw.json(&["status", "--json"])?;
+    status["maps"]
+        .as_array()
+        .and_then(|maps| maps.iter().find(|m| m["name"] == "BLOCK4_HOST"))
+        .and_then(|m| m["entries"].as_u64())
+        .context("status has no BLOCK4_HOST fill")
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn sigkill_during_import_loses_nothing_and_leaves_nothing_half_done() -> Result<()> {
+    let ns = Netns::new("crash")?;
+    let peer = Netns::new("crashp")?;
+    let veth = VethPair::new(
+        &peer,
+        &ns,
+        "10.213.0.2/24",
+        "10.213.0.1/24",
+        "fd00:213::2/64",
+        "fd00:213::1/64",
+    )?;
+    let fw = Floodwall::new(Some(&ns))?;
+    fw.ok(&["attach", veth.b_name(), "--mode", "native"])?;
+    fw.ok(&[
+        "block",
+        "add",
+        "192.0.2.1",
+        "--comment",
+        "before the import",
+    ])?;
+
+    let entries = 300_000u32;
+    let mut text = String::with_capacity(entries as usize * 16);
+    for i in 0..entries {
+        let a = 0x0b00_0000 + i;
+        writeln!(
+            text,
+            "{}.{}.{}.{}",
+            a >> 24,
+            (a >> 16) & 255,
+            (a >> 8) & 255,
+            a & 255
+        )?;
+    }
+    let file = fw.state_dir().join("big.txt");
+    std::fs::write(&file, text)?;
+    let file = file.to_str().context("path is not UTF-8")?.to_owned();
+
+    let marker = fw.state_dir().join("lists.pending");
+    let mut outcomes = Vec::new();
+    let mut half_applied = 0;
+    // Kill ever later until a kill has left the kernel half-way through the import; bounded.
+    for delay_ms in (1..=60u64).map(|i| i * 75) {
+        if half_applied >= 2 {
+            break;
+        }
+        let before = block_count(&fw)?;
+        let mut child = fw.command(&["block", "import", &file]).spawn()?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SIGKILL: no destructor, no rollback, no cleanup runs in the victim.
+        child.kill()?;
+        let status = child.wait()?;
+        let interrupted = marker.exists();
+        let raw = raw_kernel_block_hosts(&fw)?;
+        if raw != before && raw != 1 + entries as usize {
+            half_applied += 1;
+        }
+        let after = block_count(&fw)?;
+        let kernel = kernel_block_hosts(&fw)?;
+        println!(
+            "killed after {delay_ms} ms ({status}, mid-change: {interrupted}, {raw} in the kernel \
+             at the kill): {before} before, {after} after, {kernel} in the kernel after recovery"
+        );
+        ensure!(
+            after == before || after == 1 + entries as usize,
+            "after a kill at {delay_ms} ms the list has {after} entries: neither before ({before}) nor after the import"
+        );
+        ensure!(
+            kernel == after as u64,
+            "kernel holds {kernel} host entries but the list shows {after}"
+        );
+        let list = fw.json(&["block", "list", "--json"])?;
+        let kept = list
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["cidr"] == "192.0.2.1"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        ensure!(
+            kept["comment"] == "before the import",
+            "earlier entry lost: {kept}"
+        );
+        outcomes.push(after);
+        if after > before {
+            // Start the next round from the small list again.
+            fw.ok(&["block", "flush"])?;
+            fw.ok(&[
+                "block",
+                "add",
+                "192.0.2.1",
+                "--comment",
+                "before the import",
+            ])?;
+        }
+    }
+    ensure!(
+        half_applied > 0,
+        "no kill landed while the kernel was half-way through the import: {outcomes:?}"
+    );
+    // The controller still works normally afterwards.
+    fw.ok(&["block", "import", &file])?;
+    ensure!(block_count(&fw)? == 1 + entries as usize);
+    ensure!(kernel_block_hosts(&fw)? == 1 + u64::from(entries));
+    println!("outcomes per kill: {outcomes:?}");
+    Ok(())
+}
