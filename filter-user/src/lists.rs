@@ -280,29 +280,15 @@ pub fn recover_if_pending(paths: &Paths) -> Result<(), ListError> {
 /// After a command died half-way through a change (the marker is still there), makes the
 /// kernel lists hold exactly what the state file holds: the state was written last, so it
 /// is the truth. Called with the lock held.
-pub fn recover(paths: &Paths, state: &State) -> Result<bool, ListError> {
+pub fn recover(paths: &Paths, state: &State) -> Result<(), ListError> {
     if !paths.pending_file().exists() {
-        return Ok(false);
+        return Ok(());
     }
-    let (unow, mnow) = (unix_now_ns(), mono_now_ns());
-    for kind in [ListKind::Allow, ListKind::Block] {
-        let mut maps = ListMaps::open(paths, kind)?;
-        for cidr in maps.entries()? {
-            if !state.list(kind).contains_key(&cidr) {
-                maps.remove(&cidr)?;
-            }
-        }
-        let entries: Vec<(Cidr, ListEntry)> = state
-            .list(kind)
-            .values()
-            .map(|r| (r.cidr, kernel_entry(r, unow, mnow)))
-            .collect();
-        maps.insert_all(&entries, &|_| {})?;
-    }
+    write_kernel_lists(paths, state, true)?;
     let limits = state.limits.clone().unwrap_or_default();
     kernel::write_config(paths, &limits.to_config(list_bits(state)))?;
     clear_pending(paths);
-    Ok(true)
+    Ok(())
 }
 
 fn loaded_state(paths: &Paths) -> Result<(Lock, State), ListError> {
@@ -424,16 +410,29 @@ pub fn list_live(state: &State, kind: ListKind) -> impl Iterator<Item = &Record>
 
 /// Writes every record of `state` into freshly loaded maps (on `attach`).
 pub fn restore(paths: &Paths, state: &State) -> Result<(), ListError> {
+    write_kernel_lists(paths, state, false)
+}
+
+/// Writes every record of `state` into the kernel maps, exact hosts in batches. With `prune`,
+/// entries the state does not hold are removed first. Expired records go in as expired
+/// (`kernel_entry`), so they never match; the next change sweeps them.
+fn write_kernel_lists(paths: &Paths, state: &State, prune: bool) -> Result<(), ListError> {
     let (unow, mnow) = (unix_now_ns(), mono_now_ns());
     for kind in [ListKind::Allow, ListKind::Block] {
         let mut maps = ListMaps::open(paths, kind)?;
-        for record in state
+        if prune {
+            for cidr in maps.entries()? {
+                if !state.list(kind).contains_key(&cidr) {
+                    maps.remove(&cidr)?;
+                }
+            }
+        }
+        let entries: Vec<(Cidr, ListEntry)> = state
             .list(kind)
             .values()
-            .filter(|r| !r.expired(unow / 1_000_000_000))
-        {
-            maps.insert(&record.cidr, &kernel_entry(record, unow, mnow))?;
-        }
+            .map(|r| (r.cidr, kernel_entry(r, unow, mnow)))
+            .collect();
+        maps.insert_all(&entries, &|_| {})?;
     }
     Ok(())
 }

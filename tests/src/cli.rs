@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::netns::{BpffsDir, Netns, StateDir};
+use crate::netns::{BpffsDir, Netns, StateDir, VethPair};
 
 /// Longest one `floodwall` command may take before it is killed and the test fails.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -294,5 +294,54 @@ impl Drop for Floodwall<'_> {
             Ok(_) => {}
             Err(e) => eprintln!("floodwall-tests: floodwall detach --all: {e:#}"),
         }
+    }
+}
+
+/// The address of the side floodwall attaches to in a [`Host`].
+pub const HOST4: &str = "10.212.0.1";
+pub const HOST6: &str = "fd00:212::1";
+
+/// A namespace with one veth end for `attach` to attach to (its peer is in a second
+/// namespace); no traffic is needed to use it.
+pub struct Host {
+    pub ns: Netns,
+    _peer: Netns,
+    veth: VethPair,
+}
+
+impl Host {
+    /// `prefix` names the namespaces (kept short: it goes into their names).
+    pub fn new(prefix: &str) -> anyhow::Result<Host> {
+        let ns = Netns::new(prefix)?;
+        let peer = Netns::new(&format!("{prefix}p"))?;
+        let veth = VethPair::new(
+            &peer,
+            &ns,
+            "10.212.0.2/24",
+            &format!("{HOST4}/24"),
+            "fd00:212::2/64",
+            &format!("{HOST6}/64"),
+        )?;
+        Ok(Host {
+            ns,
+            _peer: peer,
+            veth,
+        })
+    }
+
+    /// The interface floodwall attaches to.
+    pub fn iface(&self) -> &str {
+        self.veth.b_name()
+    }
+
+    pub fn floodwall(&self) -> anyhow::Result<Floodwall<'_>> {
+        Floodwall::new(Some(&self.ns))
+    }
+
+    /// A floodwall attached to [`Host::iface`] in native mode.
+    pub fn attached(&self) -> anyhow::Result<Floodwall<'_>> {
+        let fw = self.floodwall()?;
+        fw.ok(&["attach", self.iface(), "--mode", "native"])?;
+        Ok(fw)
     }
 }

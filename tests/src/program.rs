@@ -1,7 +1,11 @@
 //! The XDP program loaded privately (its own bpffs and state directory) and run on crafted
 //! frames with `BPF_PROG_TEST_RUN`, for verdict, accuracy and flood tests.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::Barrier,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
@@ -137,5 +141,60 @@ impl Loaded {
             "frame counted under {main:?}, expected exactly one reason"
         );
         Ok((verdict, main[0], dry))
+    }
+}
+
+/// CPUs this process may run on.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; we set one bit and apply it to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+impl Loaded {
+    /// Runs `frame` for `duration` from `workers` threads pinned round-robin to the CPUs, all
+    /// at once. Returns how long they ran: from when every worker was ready to when the last
+    /// one's final run returned.
+    pub fn run_from_cpus(
+        &self,
+        frame: &[u8],
+        workers: usize,
+        duration: Duration,
+    ) -> Result<Duration> {
+        let ready = Barrier::new(workers + 1);
+        std::thread::scope(|s| -> Result<Duration> {
+            let handles: Vec<_> = (0..workers)
+                .map(|cpu| {
+                    let ready = &ready;
+                    s.spawn(move || -> Result<Instant> {
+                        pin_to_cpu(cpu % cpus());
+                        ready.wait();
+                        let start = Instant::now();
+                        while start.elapsed() < duration {
+                            self.run_repeat(frame, 20_000)?;
+                        }
+                        Ok(Instant::now())
+                    })
+                })
+                .collect();
+            ready.wait();
+            let start = Instant::now();
+            let mut end = start;
+            for h in handles {
+                end = end.max(
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("sender thread panicked"))??,
+                );
+            }
+            Ok(end - start)
+        })
     }
 }

@@ -37,6 +37,29 @@ pub fn udp_sink(ns: &Netns, bind: SocketAddr) -> anyhow::Result<UdpSink> {
 }
 
 impl UdpSink {
+    /// Room for a few thousand small datagrams, so a round sent back to back is never dropped
+    /// by a full socket buffer (which would look like the filter's work).
+    pub fn grow_rcvbuf(&self) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt on a socket we own, with a c_int value of the right length.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(
+            rc == 0,
+            "SO_RCVBUFFORCE: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.socket.local_addr()?)
     }

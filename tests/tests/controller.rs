@@ -9,55 +9,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use floodwall_tests::cli::{COMMAND_TIMEOUT, Floodwall, check_ok, wait_output};
-use floodwall_tests::netns::{Netns, VethPair};
+use floodwall_tests::cli::{COMMAND_TIMEOUT, Floodwall, HOST4, Host, check_ok, wait_output};
 use serde_json::{Value, json};
-
-const HOST4: &str = "10.212.0.1";
-const HOST6: &str = "fd00:212::1";
-
-/// A namespace with one veth end to attach to (its peer is in a second namespace).
-struct Host {
-    ns: Netns,
-    _peer: Netns,
-    veth: VethPair,
-}
-
-impl Host {
-    fn new() -> Result<Host> {
-        let ns = Netns::new("ctl")?;
-        let peer = Netns::new("ctlp")?;
-        let veth = VethPair::new(
-            &peer,
-            &ns,
-            "10.212.0.2/24",
-            &format!("{HOST4}/24"),
-            "fd00:212::2/64",
-            &format!("{HOST6}/64"),
-        )?;
-        Ok(Host {
-            ns,
-            _peer: peer,
-            veth,
-        })
-    }
-
-    /// The interface floodwall attaches to.
-    fn iface(&self) -> &str {
-        self.veth.b_name()
-    }
-
-    fn floodwall(&self) -> Result<Floodwall<'_>> {
-        Floodwall::new(Some(&self.ns))
-    }
-
-    /// A floodwall attached to [`Host::iface`] in native mode.
-    fn attached(&self) -> Result<Floodwall<'_>> {
-        let fw = self.floodwall()?;
-        fw.ok(&["attach", self.iface(), "--mode", "native"])?;
-        Ok(fw)
-    }
-}
 
 /// What bad input must leave alone: both lists (exit status and entries, without the
 /// `ttl_left_secs` that ticks by itself), `status --json` (minus the fill of maps that only
@@ -163,7 +116,7 @@ fn seed(fw: &Floodwall<'_>) -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn invalid_cidrs_change_nothing() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.attached()?;
     seed(&fw)?;
     for (args, needle) in [
@@ -193,7 +146,7 @@ fn invalid_cidrs_change_nothing() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn blocking_own_address_needs_force() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.attached()?;
     seed(&fw)?;
     for cidr in ["10.212.0.0/24", HOST4, "fd00:212::/64", "10.0.0.0/8"] {
@@ -213,7 +166,7 @@ fn blocking_own_address_needs_force() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn interface_errors_change_nothing() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.floodwall()?;
     let iface = host.iface();
 
@@ -268,7 +221,7 @@ fn interface_errors_change_nothing() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn commands_before_attach_say_how_to_attach() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.floodwall()?;
     for args in [
         &["block", "add", "192.0.2.1"][..],
@@ -302,7 +255,7 @@ fn commands_before_attach_say_how_to_attach() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn bad_import_files_change_nothing() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.attached()?;
     seed(&fw)?;
     let dir = fw.state_dir();
@@ -376,7 +329,7 @@ fn bad_import_files_change_nothing() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn bad_config_file_is_rejected_with_the_key_named() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.floodwall()?;
     let dir = fw.state_dir();
     let unknown = dir.join("bad.toml");
@@ -429,7 +382,7 @@ fn bad_config_file_is_rejected_with_the_key_named() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn lists_and_limits_survive_detach_and_attach() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.attached()?;
     fw.ok(&["block", "add", "192.0.2.1", "--comment", "by hand"])?;
     fw.ok(&[
@@ -535,7 +488,7 @@ fn lists_and_limits_survive_detach_and_attach() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn ttl_entries_expire() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.attached()?;
     fw.ok(&["block", "add", "192.0.2.9", "--ttl", "2s"])?;
     fw.ok(&["block", "add", "192.0.2.10"])?;
@@ -555,7 +508,7 @@ fn ttl_entries_expire() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn imports_every_format_from_file_and_stdin() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.attached()?;
     let formats: [(&str, &str, &[&str]); 4] = [
         (
@@ -649,7 +602,7 @@ fn host_list(second: u8, count: u32) -> String {
 #[ignore = "needs root: run with cargo xtask test"]
 fn concurrent_imports_are_both_applied() -> Result<()> {
     const EACH: u32 = 20_000;
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.attached()?;
     let mut files = Vec::new();
     for second in [1u8, 2] {
@@ -706,7 +659,7 @@ fn concurrent_imports_are_both_applied() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn limit_set_and_show_round_trip() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.attached()?;
     let defaults = fw.json(&["limit", "show", "--json"])?;
     ensure!(defaults["pps"] == 0, "default pps: {defaults}");
@@ -763,7 +716,7 @@ fn limit_set_and_show_round_trip() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn status_stats_and_top_json() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("ctl")?;
     let fw = host.attached()?;
     fw.ok(&["block", "add", "192.0.2.1"])?;
 

@@ -13,12 +13,10 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use floodwall_tests::cli::{COMMAND_TIMEOUT, Floodwall, check_code, floodwall_bin, wait_output};
-use floodwall_tests::netns::{Netns, VethPair};
+use floodwall_tests::cli::{
+    COMMAND_TIMEOUT, Floodwall, Host, check_code, floodwall_bin, wait_output,
+};
 use serde_json::{Value, json};
-
-const HOST4: &str = "10.213.0.1";
-const HOST6: &str = "fd00:213::1";
 
 /// `nobody`, with no capabilities at all.
 const UNPRIVILEGED: [&str; 5] = [
@@ -29,64 +27,28 @@ const UNPRIVILEGED: [&str; 5] = [
     "--inh-caps=-all",
 ];
 
-/// A namespace with one veth end to attach to (its peer is in a second namespace).
-struct Host {
-    ns: Netns,
-    _peer: Netns,
-    veth: VethPair,
-}
-
-impl Host {
-    fn new() -> Result<Host> {
-        let ns = Netns::new("lim")?;
-        let peer = Netns::new("limp")?;
-        let veth = VethPair::new(
-            &peer,
-            &ns,
-            "10.213.0.2/24",
-            &format!("{HOST4}/24"),
-            "fd00:213::2/64",
-            &format!("{HOST6}/64"),
-        )?;
-        Ok(Host {
-            ns,
-            _peer: peer,
-            veth,
-        })
-    }
-
-    /// The interface floodwall attaches to.
-    fn iface(&self) -> &str {
-        self.veth.b_name()
-    }
-
-    fn floodwall(&self) -> Result<Floodwall<'_>> {
-        Floodwall::new(Some(&self.ns))
-    }
-
-    /// The kernel's view: the id of the XDP program on [`Host::iface`], if any.
-    fn xdp_prog_id(&self) -> Result<Option<u64>> {
-        let out = self
-            .ns
-            .exec(&["ip", "-d", "-o", "link", "show", "dev", self.iface()])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut words = text.split_whitespace();
-        while let Some(word) = words.next() {
-            if word.starts_with("prog/xdp") {
-                ensure!(
-                    words.next() == Some("id"),
-                    "unexpected `ip link` output: {text}"
-                );
-                let id = words.next().context("no program id")?;
-                return Ok(Some(id.parse().with_context(|| format!("id {id:?}"))?));
-            }
+/// The kernel's view: the id of the XDP program on [`Host::iface`], if any.
+fn xdp_prog_id(host: &Host) -> Result<Option<u64>> {
+    let out = host
+        .ns
+        .exec(&["ip", "-d", "-o", "link", "show", "dev", host.iface()])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(word) = words.next() {
+        if word.starts_with("prog/xdp") {
+            ensure!(
+                words.next() == Some("id"),
+                "unexpected `ip link` output: {text}"
+            );
+            let id = words.next().context("no program id")?;
+            return Ok(Some(id.parse().with_context(|| format!("id {id:?}"))?));
         }
-        ensure!(
-            !text.contains(" xdp"),
-            "`ip link` shows XDP without a program id: {text}"
-        );
-        Ok(None)
     }
+    ensure!(
+        !text.contains(" xdp"),
+        "`ip link` shows XDP without a program id: {text}"
+    );
+    Ok(None)
 }
 
 /// What a refused command must leave alone: both lists (exit status and entries, without the
@@ -140,7 +102,7 @@ fn snapshot(host: &Host, fw: &Floodwall<'_>) -> Result<Snapshot> {
         limits: read(&["limit", "show", "--json"])?,
         status,
         state_file: std::fs::read_to_string(fw.state_dir().join("state.json")).ok(),
-        xdp: host.xdp_prog_id()?,
+        xdp: xdp_prog_id(host)?,
     })
 }
 
@@ -225,7 +187,7 @@ fn args_with<'a>(head: &[&'a str], tail: &'a [String]) -> Vec<&'a str> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_full_list_map_refuses_the_whole_change() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("lim")?;
     let fw = host.floodwall()?;
     let config = fw.state_dir().join("small.toml");
     std::fs::write(&config, "[capacity]\nblock_hosts = 16\nblock_nets = 4\n")?;
@@ -430,7 +392,7 @@ const NEEDS_ROOT: [&str; 4] = [
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn without_privileges_every_command_says_it_needs_root() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("lim")?;
     let iface = host.iface();
     let fw = host.floodwall()?;
 
@@ -452,7 +414,7 @@ fn without_privileges_every_command_says_it_needs_root() -> Result<()> {
     fw.ok(&["block", "add", "192.0.2.1", "--comment", "seed"])?;
     fw.ok(&["allow", "add", "198.51.100.0/24"])?;
     fw.ok(&["limit", "set", "--pps", "77"])?;
-    ensure!(host.xdp_prog_id()?.is_some(), "attach did not attach");
+    ensure!(xdp_prog_id(&host)?.is_some(), "attach did not attach");
 
     let import = fw.state_dir().join("list.txt");
     std::fs::write(&import, "203.0.113.1\n")?;
@@ -535,7 +497,7 @@ fn with_bpffs(fw: &Floodwall<'_>, bpffs: &Path, args: &[&str]) -> Command {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_pin_directory_off_bpffs_is_refused() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("lim")?;
     let iface = host.iface();
     let fw = host.floodwall()?;
     // The state directory is on the temp dir's filesystem: anything but bpffs.
@@ -554,7 +516,7 @@ fn a_pin_directory_off_bpffs_is_refused() -> Result<()> {
                 "FLOODWALL_BPFFS",
             ],
         )?;
-        ensure!(host.xdp_prog_id()?.is_none(), "XDP attached to {iface}");
+        ensure!(xdp_prog_id(&host)?.is_none(), "XDP attached to {iface}");
         let left: Vec<_> = std::fs::read_dir(&plain)?
             .flatten()
             .map(|e| e.path())
@@ -569,7 +531,7 @@ fn a_pin_directory_off_bpffs_is_refused() -> Result<()> {
     // A pin directory still to be made, several levels down on a real bpffs, is fine.
     let nested = fw.bpffs().join("a/b/fw");
     let out = with_bpffs(&fw, &nested, &["attach", iface, "--mode", "native"]).output()?;
-    let attached = host.xdp_prog_id()?;
+    let attached = xdp_prog_id(&host)?;
     let detach = with_bpffs(&fw, &nested, &["detach", "--all"]).output()?;
     ensure!(
         out.status.success(),
@@ -582,7 +544,7 @@ fn a_pin_directory_off_bpffs_is_refused() -> Result<()> {
         "attach succeeded but nothing is attached"
     );
     ensure!(
-        detach.status.success() && host.xdp_prog_id()?.is_none(),
+        detach.status.success() && xdp_prog_id(&host)?.is_none(),
         "detach --all: {}",
         String::from_utf8_lossy(&detach.stderr)
     );
@@ -592,7 +554,7 @@ fn a_pin_directory_off_bpffs_is_refused() -> Result<()> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn status_names_the_program_id() -> Result<()> {
-    let host = Host::new()?;
+    let host = Host::new("lim")?;
     let iface = host.iface();
     let fw = host.floodwall()?;
     let status = fw.json(&["status", "--json"])?;
@@ -609,9 +571,9 @@ fn status_names_the_program_id() -> Result<()> {
     ensure!(id > 0, "program_id {id}");
     // The id the kernel shows for the program on the interface.
     ensure!(
-        host.xdp_prog_id()? == Some(id),
+        xdp_prog_id(&host)? == Some(id),
         "status says program {id}, `ip link` says {:?}",
-        host.xdp_prog_id()?
+        xdp_prog_id(&host)?
     );
     let text = fw.ok(&["status"])?;
     ensure!(
@@ -631,9 +593,9 @@ fn status_names_the_program_id() -> Result<()> {
         .as_u64()
         .with_context(|| format!("no program_id after re-attach: {status}"))?;
     ensure!(
-        new_id != id && host.xdp_prog_id()? == Some(new_id),
+        new_id != id && xdp_prog_id(&host)? == Some(new_id),
         "after re-attach: program_id {new_id} (was {id}), `ip link`: {:?}",
-        host.xdp_prog_id()?
+        xdp_prog_id(&host)?
     );
     Ok(())
 }

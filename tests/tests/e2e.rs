@@ -7,7 +7,6 @@
 //! when a test fails.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -104,7 +103,7 @@ impl Sinks {
         let v4 = udp_sink(&net.server, SocketAddr::new(SERVER4.parse()?, PORT))?;
         let v6 = udp_sink(&net.server, SocketAddr::new(SERVER6.parse()?, PORT))?;
         for sink in [&v4, &v6] {
-            grow_rcvbuf(sink)?;
+            sink.grow_rcvbuf()?;
         }
         Ok(Sinks { v4, v6 })
     }
@@ -136,28 +135,6 @@ impl Sinks {
         );
         Ok(got.len())
     }
-}
-
-/// Room for a few thousand small datagrams, so a round of `N` sent back to back is never
-/// dropped by a full socket buffer (which would look like the filter's work).
-fn grow_rcvbuf(sink: &UdpSink) -> Result<()> {
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: setsockopt on a socket we own, with a c_int value of the right length.
-    let rc = unsafe {
-        libc::setsockopt(
-            sink.socket().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "SO_RCVBUFFORCE: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
 }
 
 fn packets(stats: &serde_json::Value, reason: &str) -> Result<u64> {

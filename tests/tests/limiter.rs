@@ -4,32 +4,19 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    sync::{
-        Barrier,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
 use filter_common::Reason;
 use floodwall::{kernel, limits::Limits};
-use floodwall_tests::{frames::udp, program::Loaded};
+use floodwall_tests::{
+    frames::udp,
+    program::{Loaded, cpus, pin_to_cpu},
+};
 
 const XDP_PASS: u32 = 2;
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; we set one bit and apply it to this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
@@ -59,32 +46,7 @@ fn one_source_on_every_cpu_gets_rate_times_time_plus_burst() -> Result<()> {
         baseline >= burst && baseline as f64 <= first * 1.01,
         "the first burst passed {baseline}, burst {burst}, burst + rate * time {first:.0}"
     );
-    // T runs from when every worker is ready to when the last one's final run returns.
-    let ready = Barrier::new(workers + 1);
-    let (start, end) = std::thread::scope(|s| -> Result<(Instant, Instant)> {
-        let handles: Vec<_> = (0..workers)
-            .map(|cpu| {
-                let (fw, frame, ready) = (&fw, &frame, &ready);
-                s.spawn(move || -> Result<Instant> {
-                    pin_to_cpu(cpu % cpus());
-                    ready.wait();
-                    let start = Instant::now();
-                    while start.elapsed() < duration {
-                        fw.run_repeat(frame, 20_000)?;
-                    }
-                    Ok(Instant::now())
-                })
-            })
-            .collect();
-        ready.wait();
-        let start = Instant::now();
-        let mut end = start;
-        for h in handles {
-            end = end.max(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??);
-        }
-        Ok((start, end))
-    })?;
-    let elapsed = (end - start).as_secs_f64();
+    let elapsed = fw.run_from_cpus(&frame, workers, duration)?.as_secs_f64();
     let counters = fw.counters()?;
     let passed = counters[&Reason::Passed] - baseline;
     let over = counters[&Reason::OverPps];

@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
 use std::sync::Arc;
@@ -344,28 +343,6 @@ fn paced(
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     sent
-}
-
-/// Room for a few thousand small datagrams, so a round sent back to back is never dropped by
-/// a full socket buffer (which would look like the filter's work).
-fn grow_rcvbuf(sink: &UdpSink) -> Result<()> {
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: setsockopt on a socket we own, with a c_int value of the right length.
-    let rc = unsafe {
-        libc::setsockopt(
-            sink.socket().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "SO_RCVBUFFORCE: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
 }
 
 /// Sends `n` datagrams from `from` and returns how many of them reached `sink`.
@@ -865,7 +842,7 @@ fn sigterm_keeps_the_filter_and_a_new_run_adopts_it() -> Result<()> {
     const N: usize = 200;
     let net = Net::new(0)?;
     let sink = udp_sink(&net.server, net.server_addr()?)?;
-    grow_rcvbuf(&sink)?;
+    sink.grow_rcvbuf()?;
     let fw = Floodwall::new(Some(&net.server))?;
     write_config(&fw, &config_text(0, 20))?;
     let iface = net.server_if().to_owned();

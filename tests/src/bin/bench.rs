@@ -7,7 +7,6 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -24,7 +23,7 @@ use floodwall_tests::{
     frames,
     netns::{Netns, VethPair, run_in},
     pktgen::{PacketSource, SendReport, Sources},
-    program::Loaded,
+    program::{self, Loaded},
     receivers::{self, BareProgram, XDP_DROP, XDP_PASS},
 };
 use serde_json::{Value, json};
@@ -828,15 +827,6 @@ impl Accuracy {
     }
 }
 
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; we set one bit and apply it to this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 fn accuracy(mode: &Mode) -> Result<Accuracy> {
     let fw = Loaded::new()?;
     let (rate, burst) = (100_000u64, 10_000u64);
@@ -846,40 +836,13 @@ fn accuracy(mode: &Mode) -> Result<Accuracy> {
         ..Limits::default()
     })?;
     let frame = frames::udp(v4(198, 51, 100, 1), PAYLOAD);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = cpus.max(2);
+    let workers = program::cpus().max(2);
     // Empty the burst first, so the window measures the rate alone.
     fw.run_repeat(&frame, (burst * 2) as u32)?;
     let before = fw.counters()?;
-    let ready = Barrier::new(workers + 1);
-    let duration = mode.accuracy;
-    let (start, end) = std::thread::scope(|s| -> Result<(Instant, Instant)> {
-        let handles: Vec<_> = (0..workers)
-            .map(|cpu| {
-                let (fw, frame, ready) = (&fw, &frame, &ready);
-                s.spawn(move || -> Result<Instant> {
-                    pin_to_cpu(cpu % cpus);
-                    ready.wait();
-                    let start = Instant::now();
-                    while start.elapsed() < duration {
-                        fw.run_repeat(frame, 20_000)?;
-                    }
-                    Ok(Instant::now())
-                })
-            })
-            .collect();
-        ready.wait();
-        let start = Instant::now();
-        let mut end = start;
-        for h in handles {
-            end = end.max(
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("accuracy worker panicked"))??,
-            );
-        }
-        Ok((start, end))
-    })?;
-    let seconds = (end - start).as_secs_f64();
+    let seconds = fw
+        .run_from_cpus(&frame, workers, mode.accuracy)?
+        .as_secs_f64();
     let after = fw.counters()?;
     let passed = after[&Reason::Passed] - before[&Reason::Passed];
     let dropped = after[&Reason::OverPps] - before[&Reason::OverPps];
