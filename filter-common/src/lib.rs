@@ -7,6 +7,7 @@ pub mod limiter;
 pub mod maps;
 pub mod pktgen;
 pub mod reason;
+pub mod syn;
 
 pub use limiter::{Bucket, byte_cost, gcra};
 pub use maps::*;

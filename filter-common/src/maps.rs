@@ -14,6 +14,12 @@ pub const MAP_GLOBALS: &str = "GLOBALS";
 pub const MAP_SOURCES: &str = "SOURCES";
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_EVENT_SEEN: &str = "EVENT_SEEN";
+pub const MAP_SYN_ACTIVE: &str = "SYN_ACTIVE";
+pub const MAP_PROGRAMS: &str = "PROGRAMS";
+/// The SYN challenge's program and its slot in `PROGRAMS`.
+pub const SYN_PROGRAM_NAME: &str = "floodwall_syn";
+pub const PROGRAM_SLOT_SYN: u32 = 0;
+pub const PROGRAM_SLOTS: u32 = 1;
 pub const MAP_ALLOW4_HOST: &str = "ALLOW4_HOST";
 pub const MAP_ALLOW4_NET: &str = "ALLOW4_NET";
 pub const MAP_ALLOW6_HOST: &str = "ALLOW6_HOST";
@@ -59,6 +65,12 @@ pub const FAMILY_V6: u32 = 6;
 pub const FLAG_DRY_RUN: u32 = 1 << 0;
 /// Malformed frames pass instead of being dropped.
 pub const FLAG_MALFORMED_PASS: u32 = 1 << 1;
+/// The SYN challenge is on.
+pub const FLAG_SYN_ON: u32 = 1 << 2;
+/// The SYN challenge is on while `SYN_ACTIVE[0]` is non-zero (set by `floodwall run`).
+pub const FLAG_SYN_AUTO: u32 = 1 << 3;
+/// Ports the SYN challenge can be limited to (`Config::syn_ports`).
+pub const MAX_SYN_PORTS: usize = 8;
 
 /// `Config::lists` bits: which list maps hold entries, so empty ones cost no lookup.
 pub const LIST_ALLOW4_HOST: u32 = 1 << 0;
@@ -85,7 +97,14 @@ pub const MISC_EVENTS_SUPPRESSED: u32 = 2;
 pub const MISC_EVENTS_RING_FULL: u32 = 3;
 pub const MISC_CAS_EXHAUSTED: u32 = 4;
 pub const MISC_SOURCE_INSERT_FAILED: u32 = 5;
-pub const MISC_SLOTS: u32 = 6;
+/// A SYN the challenge would answer, but its IPv4 or TCP checksum is wrong.
+pub const MISC_SYN_BAD_CHECKSUM: u32 = 6;
+/// A SYN to a listener that the kernel would not give a cookie (accept queue full, or
+/// `tcp_syncookies` not 2): it took the newcomer path.
+pub const MISC_SYN_COOKIE_REFUSED: u32 = 7;
+/// The challenge was on but its program was not there: the frame took the newcomer path.
+pub const MISC_SYN_HANDOVER_FAILED: u32 = 8;
+pub const MISC_SLOTS: u32 = 9;
 pub const MISC_NAMES: [&str; MISC_SLOTS as usize] = [
     "sources_admitted",
     "events_sent",
@@ -93,6 +112,9 @@ pub const MISC_NAMES: [&str; MISC_SLOTS as usize] = [
     "events_ring_full",
     "cas_retries_exhausted",
     "source_insert_failed",
+    "syn_bad_checksum",
+    "syn_cookie_refused",
+    "syn_handover_failed",
 ];
 
 /// The live configuration: one record in the `CONFIG` array, rewritten by the controller
@@ -124,8 +146,13 @@ pub struct Config {
     pub events: Bucket,
     /// At most one drop event per source per this many ns.
     pub event_interval_ns: u64,
+    /// Destination ports the SYN challenge covers (host order); all ports with a listener
+    /// when `syn_nports` is 0.
+    pub syn_ports: [u16; MAX_SYN_PORTS],
+    pub syn_nports: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 16 + 7 * 16 + 8);
+const _: () = assert!(size_of::<Config>() == 16 + 7 * 16 + 8 + 16 + 8);
 
 impl Config {
     pub const fn dry_run(&self) -> bool {
@@ -134,6 +161,30 @@ impl Config {
 
     pub const fn malformed_drops(&self) -> bool {
         self.flags & FLAG_MALFORMED_PASS == 0
+    }
+
+    pub const fn syn_on(&self) -> bool {
+        self.flags & FLAG_SYN_ON != 0
+    }
+
+    pub const fn syn_auto(&self) -> bool {
+        self.flags & FLAG_SYN_AUTO != 0
+    }
+
+    /// Whether the SYN challenge covers `port` (host order).
+    #[inline(always)]
+    pub fn syn_port_covered(&self, port: u16) -> bool {
+        if self.syn_nports == 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_SYN_PORTS {
+            if (i as u32) < self.syn_nports && self.syn_ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
     }
 
     /// Whether the per-source limiter is on at all.
@@ -184,8 +235,10 @@ pub struct SourceState {
     pub tat_byte: u64,
     pub passed: u64,
     pub dropped: u64,
+    /// Valid SYN cookies this source returned while it had no state (each one admitted it).
+    pub proven: u64,
 }
-const _: () = assert!(size_of::<SourceState>() == 32);
+const _: () = assert!(size_of::<SourceState>() == 40);
 
 /// Index into the per-CPU `COUNTERS` array of a counter slot and reason.
 #[inline(always)]

@@ -24,11 +24,19 @@ pub enum Reason {
     Malformed = 8,
     /// Dry-run: the frame would have been dropped (also counted under its own reason).
     DryRunPassed = 9,
+    /// A TCP SYN from a source without state, answered from XDP with a SYN cookie (`XDP_TX`):
+    /// it never reaches the stack.
+    SynChallenged = 10,
+    /// A valid SYN cookie in the ACK of a source without state: the source is proven, given
+    /// state of its own, and the ACK passed to the kernel.
+    SynProven = 11,
+    /// An ACK to a listener from a source without state whose cookie is not valid: dropped.
+    SynBadCookie = 12,
 }
 
 impl Reason {
     /// Number of reasons; counters are indexed `0..COUNT`.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 13;
 
     /// Every reason, in counter order.
     pub const ALL: [Reason; Self::COUNT] = [
@@ -42,6 +50,9 @@ impl Reason {
         Reason::GlobalCap,
         Reason::Malformed,
         Reason::DryRunPassed,
+        Reason::SynChallenged,
+        Reason::SynProven,
+        Reason::SynBadCookie,
     ];
 
     /// The stable name used in `stats`, JSON and metrics labels.
@@ -57,6 +68,9 @@ impl Reason {
             Reason::GlobalCap => "global_cap",
             Reason::Malformed => "malformed",
             Reason::DryRunPassed => "dry_run",
+            Reason::SynChallenged => "syn_challenged",
+            Reason::SynProven => "syn_proven",
+            Reason::SynBadCookie => "syn_bad_cookie",
         }
     }
 
@@ -70,6 +84,7 @@ impl Reason {
 
     /// Whether this reason drops the frame when enforcing. `Malformed` depends on the
     /// configured action and is decided by [`crate::Config::malformed_drops`].
+    /// `SynChallenged` is neither dropped nor passed: the frame is answered.
     pub const fn drops(self) -> bool {
         matches!(
             self,
@@ -79,6 +94,7 @@ impl Reason {
                 | Reason::NewcomerLimited
                 | Reason::GlobalCap
                 | Reason::Malformed
+                | Reason::SynBadCookie
         )
     }
 }

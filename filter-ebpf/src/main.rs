@@ -1,5 +1,5 @@
-//! floodwall's XDP data path: parse, allowlist, blocklist, per-source limit with spoof-proof
-//! admission, global caps, dry-run. Every frame is counted under exactly one reason (plus
+//! floodwall's XDP data path: parse, allowlist, blocklist, SYN challenge, per-source limit
+//! with spoof-proof admission, global caps, dry-run. Every frame is counted under exactly one reason (plus
 //! `dry_run` when dry-run turned a drop into a pass).
 #![no_std]
 #![no_main]
@@ -10,13 +10,14 @@
 )]
 
 mod parse;
+mod syn;
 mod sync;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, xdp_action},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use filter_common::{
@@ -26,12 +27,14 @@ use filter_common::{
     GLOBAL_SLOTS, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST,
     LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET,
     ListEntry, MISC_ADMITTED, MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT,
-    MISC_EVENTS_SUPPRESSED, MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, Reason, SourceKey, SourceState,
-    byte_cost, counter_index, mask_prefix,
+    MISC_EVENTS_SUPPRESSED, MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, MISC_SYN_HANDOVER_FAILED,
+    PROGRAM_SLOT_SYN, PROGRAM_SLOTS, Reason, SourceKey, SourceState, byte_cost, counter_index,
+    mask_prefix, syn::PROTO_TCP,
 };
 
 use crate::{
     parse::{Parsed, parse},
+    syn::Syn,
     sync::atomic_add,
 };
 
@@ -58,6 +61,15 @@ static SOURCES: LruHashMap<SourceKey, SourceState> =
 static EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
 #[map]
 static EVENT_SEEN: LruHashMap<SourceKey, u64> = LruHashMap::pinned(EVENT_SEEN_ENTRIES, 0);
+/// Non-zero while `floodwall run` has switched an `auto` SYN challenge on. Apart from the
+/// config record, so that `limit set` and the service never overwrite each other.
+#[map]
+static SYN_ACTIVE: Array<u32> = Array::pinned(1, 0);
+/// The SYN challenge's program (`floodwall_syn`), which frames from sources without state
+/// are handed to while the challenge is on. A program of its own: together with the lists
+/// in one program it would exceed the verifier's budget.
+#[map]
+static PROGRAMS: ProgramArray = ProgramArray::pinned(PROGRAM_SLOTS, 0);
 
 // Exact host entries in hash maps (O(1) whatever the list size), prefixes in LPM tries.
 // No preallocation: capacity costs memory only when used.
@@ -100,12 +112,111 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let mut clock = Clock::default();
-    let (reason, src) = match parse(&ctx) {
+    let (reason, src) = match parse::<false>(&ctx) {
         Ok(Parsed::NonIp) => (Reason::NonIp, None),
-        Ok(Parsed::Ip(src)) => (decide(cfg, &src, len, &mut clock), Some(src)),
+        Ok(Parsed::Ip(ip)) => (decide(&ctx, cfg, &ip.src, len, &mut clock), Some(ip.src)),
         Err(()) => (Reason::Malformed, None),
     };
+    finish(cfg, slot, ifindex, reason, src.as_ref(), len, &mut clock)
+}
+
+/// The SYN challenge, for a frame `floodwall` handed over: the lists have passed it and its
+/// source has no state. TCP sources prove themselves here; everything else (and TCP the
+/// challenge does not answer) takes the admission and newcomer path as in `floodwall`.
+#[xdp]
+pub fn floodwall_syn(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let slot = IFACE_SLOTS.get(ifindex).copied().unwrap_or(0);
+    let Some(cfg) = CONFIG.get(0) else {
+        count(slot, Reason::Malformed, len);
+        return xdp_action::XDP_PASS;
+    };
+    let mut clock = Clock::default();
+    let Ok(Parsed::Ip(ip)) = parse::<true>(&ctx) else {
+        // `floodwall` parsed it as IP with a source: the frame cannot have changed.
+        count(slot, Reason::Malformed, len);
+        return xdp_action::XDP_PASS;
+    };
+    let outcome = if ip.proto == PROTO_TCP && !ip.fragment {
+        syn::inspect(&ctx, cfg, &ip, cfg.dry_run())
+    } else {
+        Syn::Other
+    };
+    let reason = match outcome {
+        Syn::Challenged => Reason::SynChallenged,
+        Syn::BadCookie => Reason::SynBadCookie,
+        Syn::Proven => vouched(cfg, &ip.src, len, &mut clock, true),
+        Syn::Established => vouched(cfg, &ip.src, len, &mut clock, false),
+        Syn::Other => {
+            let reason = if cfg.limits_sources() {
+                limit_source(None, cfg, &ip.src, len, &mut clock)
+            } else {
+                Reason::Passed
+            };
+            if reason == Reason::Passed {
+                global_caps(cfg, len, &mut clock)
+            } else {
+                reason
+            }
+        }
+    };
+    finish(cfg, slot, ifindex, reason, Some(&ip.src), len, &mut clock)
+}
+
+/// A source the challenge vouched for (a valid cookie, or a connection the kernel has): it
+/// gets state at once, outside the admission and newcomer buckets, and its own limits apply.
+#[inline(always)]
+fn vouched(cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock, proven: bool) -> Reason {
+    let key = source_key(cfg, src);
+    if SOURCES
+        .insert(&key, &SourceState::default(), BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        bump(MISC_ADMITTED);
+    }
+    let Some(state) = SOURCES.get_ptr_mut(&key) else {
+        bump(MISC_SOURCE_INSERT_FAILED);
+        return Reason::NewcomerLimited;
+    };
+    if proven {
+        // SAFETY: a map value valid for this run.
+        atomic_add(unsafe { &mut (*state).proven }, 1);
+    }
+    let reason = if cfg.limits_sources() {
+        charge(cfg, state, len, clock.now())
+    } else {
+        Reason::Passed
+    };
+    if reason != Reason::Passed {
+        return reason;
+    }
+    match global_caps(cfg, len, clock) {
+        Reason::Passed if proven => Reason::SynProven,
+        reason => reason,
+    }
+}
+
+/// Counts the frame under `reason` and returns its verdict: dropped, passed, or (a challenged
+/// SYN, rewritten into its SYN-ACK) sent back.
+#[inline(always)]
+fn finish(
+    cfg: &Config,
+    slot: u32,
+    ifindex: u32,
+    reason: Reason,
+    src: Option<&SourceKey>,
+    len: u64,
+    clock: &mut Clock,
+) -> u32 {
     count(slot, reason, len);
+    if reason == Reason::SynChallenged {
+        if cfg.dry_run() {
+            count(slot, Reason::DryRunPassed, len);
+            return xdp_action::XDP_PASS;
+        }
+        return xdp_action::XDP_TX;
+    }
     let drops = match reason {
         Reason::Malformed => cfg.malformed_drops(),
         r => r.drops(),
@@ -114,7 +225,7 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     if let Some(src) = src {
-        report(cfg, &src, reason, ifindex, &mut clock);
+        report(cfg, src, reason, ifindex, clock);
     }
     if cfg.dry_run() {
         count(slot, Reason::DryRunPassed, len);
@@ -155,9 +266,10 @@ impl Clock {
     }
 }
 
-/// The policy, in the order of the design: allowlist, blocklist, per-source limit, global caps.
+/// The policy, in the order of the design: allowlist, blocklist, SYN challenge (handed over to
+/// `floodwall_syn`), per-source limit, global caps.
 #[inline(always)]
-fn decide(cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock) -> Reason {
+fn decide(ctx: &XdpContext, cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock) -> Reason {
     let v4 = src.family == FAMILY_V4;
     let (host, net) = if v4 {
         (LIST_ALLOW4_HOST, LIST_ALLOW4_NET)
@@ -175,12 +287,19 @@ fn decide(cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock) -> Reason 
     if listed(cfg.lists, host, net, src, false, clock) {
         return Reason::Blocklisted;
     }
-    if cfg.limits_sources() {
-        let reason = limit_source(cfg, src, len, clock);
+    let challenge = cfg.syn_on() || (cfg.syn_auto() && SYN_ACTIVE.get(0).is_some_and(|v| *v != 0));
+    if cfg.limits_sources() || challenge {
+        let reason = limit_source(challenge.then_some(ctx), cfg, src, len, clock);
         if reason != Reason::Passed {
             return reason;
         }
     }
+    global_caps(cfg, len, clock)
+}
+
+/// The global packet and byte caps.
+#[inline(always)]
+fn global_caps(cfg: &Config, len: u64, clock: &mut Clock) -> Reason {
     if cfg.global_pkt.enabled()
         && !take(
             GLOBAL_PKT,
@@ -279,9 +398,9 @@ fn listed(
     false
 }
 
-/// The per-source token buckets, with admission control for sources that have no state.
+/// The source's key: its address masked to the configured prefix.
 #[inline(always)]
-fn limit_source(cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock) -> Reason {
+fn source_key(cfg: &Config, src: &SourceKey) -> SourceKey {
     let mut key = *src;
     mask_prefix(
         &mut key.addr,
@@ -291,10 +410,33 @@ fn limit_source(cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock) -> R
             cfg.prefix6
         },
     );
+    key
+}
+
+/// The per-source token buckets, with admission control for sources that have no state.
+/// With `challenge`, a source without state is handed to the SYN challenge instead.
+#[inline(always)]
+fn limit_source(
+    challenge: Option<&XdpContext>,
+    cfg: &Config,
+    src: &SourceKey,
+    len: u64,
+    clock: &mut Clock,
+) -> Reason {
+    let key = source_key(cfg, src);
     let now = clock.now();
     let state = match SOURCES.get_ptr_mut(&key) {
         Some(state) => state,
         None => {
+            if let Some(ctx) = challenge {
+                // SAFETY: on success the tail call does not return; `floodwall_syn` decides.
+                unsafe { PROGRAMS.tail_call(ctx, PROGRAM_SLOT_SYN) };
+                // Not loaded: the frame takes the path it would without the challenge.
+                bump(MISC_SYN_HANDOVER_FAILED);
+            }
+            if !cfg.limits_sources() {
+                return Reason::Passed;
+            }
             if cfg.admission.enabled()
                 && !take(GLOBAL_ADMISSION, &cfg.admission, cfg.admission.cost, now)
             {
@@ -323,6 +465,15 @@ fn limit_source(cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock) -> R
             }
         }
     };
+    if !cfg.limits_sources() {
+        return Reason::Passed;
+    }
+    charge(cfg, state, len, now)
+}
+
+/// Takes the frame's cost from a source's packet and byte buckets.
+#[inline(always)]
+fn charge(cfg: &Config, state: *mut SourceState, len: u64, now: u64) -> Reason {
     // SAFETY: `state` points into a map value that stays valid for this program run;
     // every field shared between CPUs is read and written atomically.
     let state = unsafe { &mut *state };
@@ -446,7 +597,7 @@ fn count(slot: u32, reason: Reason, len: u64) {
 }
 
 #[inline(always)]
-fn bump(slot: u32) {
+pub(crate) fn bump(slot: u32) {
     if let Some(value) = MISC.get_ptr_mut(slot) {
         // SAFETY: this CPU's own slot.
         unsafe { *value += 1 };

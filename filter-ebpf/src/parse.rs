@@ -29,8 +29,39 @@ const NEXTHDR_DEST: u8 = 60;
 pub enum Parsed {
     /// ARP and every other non-IP ethertype.
     NonIp,
-    /// An IP frame and its source address (unmasked).
-    Ip(SourceKey),
+    /// An IP frame.
+    Ip(Ip),
+}
+
+/// What the policy needs of an IP frame: its source (unmasked) and, for the SYN challenge,
+/// where its transport header is.
+pub struct Ip {
+    pub src: SourceKey,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the transport header: after the IPv4 options or the IPv6 extension chain.
+    pub l4: usize,
+    /// Offset just past the datagram, from its length field.
+    pub end: usize,
+    /// The transport protocol.
+    pub proto: u8,
+    /// Part of a fragmented datagram (the first fragment too): never answered.
+    pub fragment: bool,
+}
+
+impl Ip {
+    /// Only the source, as the filter's own path parses it.
+    #[inline(always)]
+    const fn source(src: SourceKey) -> Ip {
+        Ip {
+            src,
+            l3: 0,
+            l4: 0,
+            end: 0,
+            proto: 0,
+            fragment: false,
+        }
+    }
 }
 
 /// A bounds-checked pointer to a `T` at `offset` in the frame.
@@ -44,8 +75,11 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
     Ok((start + offset) as *const T)
 }
 
+/// Parses a frame. With `L4`, also where the transport header is (for the SYN challenge);
+/// without, those fields are 0: the filter's own path keeps nothing alive past the parser
+/// that would make the verifier follow every header layout separately.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
+pub fn parse<const L4: bool>(ctx: &XdpContext) -> Result<Parsed, ()> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by `ptr_at`.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -60,8 +94,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
         offset += VlanHdr::LEN;
     }
     match ether_type {
-        ETH_P_IP => parse_ipv4(ctx, offset),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset),
+        ETH_P_IP => parse_ipv4::<L4>(ctx, offset),
+        ETH_P_IPV6 => parse_ipv6::<L4>(ctx, offset),
         // A third tag would hide the protocol: refuse rather than pass it uninspected.
         ETH_P_8021Q | ETH_P_8021AD => Err(()),
         _ => Ok(Parsed::NonIp),
@@ -69,7 +103,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
+fn parse_ipv4<const L4: bool>(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
     // SAFETY: bounds checked by `ptr_at`.
     let ip = unsafe { &*ip };
@@ -81,7 +115,8 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
     if ctx.data() + offset + ihl > ctx.data_end() {
         return Err(());
     }
-    if (u16::from_be_bytes(ip.tot_len) as usize) < ihl {
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if tot_len < ihl {
         return Err(());
     }
     let mut key = SourceKey {
@@ -89,11 +124,23 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
         addr: [0; 16],
     };
     key.addr[..4].copy_from_slice(&ip.src_addr);
-    Ok(Parsed::Ip(key))
+    if !L4 {
+        return Ok(Parsed::Ip(Ip::source(key)));
+    }
+    // More-fragments or a fragment offset.
+    let frag = u16::from_be_bytes(ip.frags) & 0x3fff;
+    Ok(Parsed::Ip(Ip {
+        src: key,
+        l3: offset,
+        l4: offset + ihl,
+        end: offset + tot_len,
+        proto: ip.proto,
+        fragment: frag != 0,
+    }))
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
+fn parse_ipv6<const L4: bool>(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
     // SAFETY: bounds checked by `ptr_at`.
     let ip = unsafe { &*ip };
@@ -104,8 +151,28 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
         family: FAMILY_V6,
         addr: ip.src_addr,
     };
+    let l3 = offset;
+    let end = if L4 {
+        offset + Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize
+    } else {
+        0
+    };
+    let mut fragment = false;
     let mut next = ip.next_hdr;
     let mut offset = offset + Ipv6Hdr::LEN;
+    let done = |next: u8, offset: usize, fragment: bool| {
+        if !L4 {
+            return Ok(Parsed::Ip(Ip::source(key)));
+        }
+        Ok(Parsed::Ip(Ip {
+            src: key,
+            l3,
+            l4: offset,
+            end,
+            proto: next,
+            fragment,
+        }))
+    };
     for _ in 0..MAX_EXT_HEADERS {
         let len = match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
@@ -122,8 +189,9 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
                 // A non-first fragment carries payload after this header, not the headers its
                 // next-header field names: the chain ends here.
                 if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 != 0 {
-                    return Ok(Parsed::Ip(key));
+                    return done(next, offset, true);
                 }
+                fragment = L4;
                 next = hdr[0];
                 8
             }
@@ -135,7 +203,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
                 (hdr[1] as usize + 2) * 4
             }
             // Upper layer (or "no next header"): the chain is complete.
-            _ => return Ok(Parsed::Ip(key)),
+            _ => return done(next, offset, fragment),
         };
         // The whole extension header must be in the frame.
         if ctx.data() + offset + len > ctx.data_end() {
@@ -145,6 +213,6 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ()> {
     }
     match next {
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT | NEXTHDR_AUTH => Err(()),
-        _ => Ok(Parsed::Ip(key)),
+        _ => done(next, offset, fragment),
     }
 }

@@ -20,6 +20,8 @@ pub enum AttachError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error(transparent)]
+    Syncookies(#[from] crate::syncookies::SyncookiesError),
+    #[error(transparent)]
     Paths(#[from] PathsError),
     #[error(transparent)]
     State(#[from] StateError),
@@ -121,6 +123,7 @@ pub fn attach(
         }
         limits.validate()?;
         kernel::write_config(paths, &limits.to_config(list_bits(&state)))?;
+        crate::syncookies::sync(paths, &limits)?;
         state.limits = Some(limits);
         state.save(paths)?;
         let mut done = Vec::new();
@@ -179,6 +182,8 @@ pub fn detach(paths: &Paths, ifaces: &[String], all: bool) -> Result<Vec<String>
     }
     if paths.links()?.is_empty() && paths.is_loaded() {
         kernel::unload(paths)?;
+        // No filter, no challenge: the host's own SYN handling comes back.
+        crate::syncookies::release(paths)?;
     }
     Ok(targets)
 }

@@ -16,7 +16,7 @@ use crate::{
     cidr::{Cidr, CidrError},
     import::{self, ImportError},
     kernel::{self, AttachMode, KernelError},
-    limits::{Limits, LimitsError, MalformedAction},
+    limits::{Limits, LimitsError, MalformedAction, SynCookies},
     lists::{self, AddOptions, ListError, list_bits},
     paths::{Paths, PathsError},
     state::{ListKind, Lock, Origin, State, StateError, unix_now_ns},
@@ -207,6 +207,31 @@ pub struct LimitArgs {
     /// What to do with frames that cannot be parsed
     #[arg(long, value_enum)]
     malformed: Option<MalformedAction>,
+    /// Answer SYNs from sources without state with a SYN cookie (auto: while sources are shed
+    /// as newcomers, switched by `floodwall run`)
+    #[arg(long, value_enum)]
+    syn_cookies: Option<SynCookies>,
+    /// Ports the SYN challenge covers, comma-separated, or `all` (every port with a listener)
+    #[arg(long, value_parser = parse_ports)]
+    syn_ports: Option<SynPorts>,
+}
+
+/// `--syn-ports`: a list, or every port with a listener.
+#[derive(Clone, Debug)]
+pub struct SynPorts(Vec<u16>);
+
+fn parse_ports(text: &str) -> Result<SynPorts, String> {
+    if text.trim() == "all" {
+        return Ok(SynPorts(Vec::new()));
+    }
+    text.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("`{}` is not a port (1-65535), and the list not `all`", p.trim()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(SynPorts)
 }
 
 /// Parses `30s`, `10m`, `2h`, `1d`, `1w` or plain seconds.
@@ -255,6 +280,8 @@ pub enum CliError {
     Reload(#[from] crate::reload::ReloadError),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+    #[error(transparent)]
+    Syncookies(#[from] crate::syncookies::SyncookiesError),
     #[error("{source}")]
     Import {
         #[from]
@@ -288,7 +315,10 @@ impl CliError {
             CliError::ReadFile { .. } => true,
             CliError::Reload(e) => e.is_bad_input(),
             CliError::Daemon(e) => e.is_bad_input(),
-            CliError::State(_) | CliError::Paths(_) | CliError::Output(_) => false,
+            CliError::State(_)
+            | CliError::Paths(_)
+            | CliError::Output(_)
+            | CliError::Syncookies(_) => false,
         };
         if bad_input { 2 } else { 1 }
     }
@@ -552,8 +582,12 @@ fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError> {
         new_sources,
         newcomer_pps,
         dry_run,
-        malformed
+        malformed,
+        syn_cookies
     );
+    if let Some(SynPorts(ports)) = &args.syn_ports {
+        limits.syn_ports = ports.clone();
+    }
     limits.validate()?;
     let old = state.limits.replace(limits.clone());
     kernel::write_config(paths, &limits.to_config(list_bits(&state)))?;
@@ -562,6 +596,11 @@ fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError> {
         let _ = kernel::write_config(paths, &old.to_config(list_bits(&state)));
         return Err(e.into());
     }
+    if limits.syn_cookies != SynCookies::Auto {
+        // Only the service switches `auto`; any other mode leaves nothing switched.
+        kernel::set_syn_auto_active(paths, false)?;
+    }
+    crate::syncookies::sync(paths, &limits)?;
     print_limits(&limits);
     Ok(())
 }
@@ -609,6 +648,16 @@ fn print_limits(l: &Limits) {
         },
         if l.dry_run { "on" } else { "off" }
     );
+    let ports = if l.syn_ports.is_empty() {
+        "every port with a listener".to_owned()
+    } else {
+        l.syn_ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    println!("syn cookies: {} ({ports})", l.syn_cookies.name());
 }
 
 fn limit_show(paths: &Paths, json: bool) -> Result<(), CliError> {
@@ -641,6 +690,9 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
     let fill = kernel::map_fill(paths)?;
     let config = kernel::read_config(paths)?;
     let program_id = kernel::program_id(paths)?;
+    let auto_active = kernel::syn_auto_active(paths)?;
+    let challenge_on = config.syn_on() || (config.syn_auto() && auto_active);
+    let sysctl = crate::syncookies::state(paths).ok();
     if json {
         let ifaces: Vec<_> = links
             .iter()
@@ -651,6 +703,12 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
             "program_id": program_id,
             "interfaces": ifaces,
             "dry_run": config.dry_run(),
+            "syn_challenge": {
+                "mode": limits.syn_cookies.name(),
+                "active": challenge_on,
+                "tcp_syncookies": sysctl.map(|s| s.current),
+                "tcp_syncookies_saved": sysctl.and_then(|s| s.saved),
+            },
             "limits": limits,
             "lists": {
                 "allow": lists::list_live(&state, ListKind::Allow).count(),
@@ -673,6 +731,21 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
         }
     );
     print_limits(&limits);
+    let host = match sysctl {
+        Some(s) => match s.saved {
+            Some(old) => format!(
+                "net.ipv4.tcp_syncookies = {} (set by floodwall; {old} is restored when the \
+                 challenge goes off)",
+                s.current
+            ),
+            None => format!("net.ipv4.tcp_syncookies = {}", s.current),
+        },
+        None => format!("`{}` unreadable", crate::syncookies::SYSCTL),
+    };
+    println!(
+        "challenge:   {}; {host}",
+        if challenge_on { "ACTIVE" } else { "inactive" }
+    );
     println!(
         "lists:       {} allowed, {} blocked",
         lists::list_live(&state, ListKind::Allow).count(),

@@ -18,9 +18,9 @@ use aya_obj::programs::XdpAttachType;
 use filter_common::{
     COUNTER_SLOTS, Config, Counter, IFINDEX_LIMIT, LIST_MAP_NAMES, ListEntry, MAP_ALLOW4_HOST,
     MAP_ALLOW4_NET, MAP_ALLOW6_HOST, MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET,
-    MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_CONFIG, MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS,
+    MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_CONFIG, MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS, MAP_PROGRAMS, MAP_SYN_ACTIVE,
     MAP_GLOBALS, MAP_IFACE_SLOTS, MAP_MISC, MAP_SLOT_IFACES, MAP_SOURCES, MAX_INTERFACES,
-    PROGRAM_NAME, Reason, SourceKey, SourceState, counter_index,
+    PROGRAM_NAME, PROGRAM_SLOT_SYN, Reason, SYN_PROGRAM_NAME, SourceKey, SourceState, counter_index,
 };
 use thiserror::Error;
 
@@ -194,7 +194,47 @@ pub fn load(paths: &Paths, capacity: &Capacity) -> Result<(), KernelError> {
             path: paths.program_pin(),
             detail: e.to_string(),
         })?;
-    Ok(())
+    load_syn_challenge(&mut ebpf)
+}
+
+/// Loads the SYN challenge's program and puts it where the filter hands frames over to it.
+/// The pinned `PROGRAMS` map keeps it alive.
+fn load_syn_challenge(ebpf: &mut aya::Ebpf) -> Result<(), KernelError> {
+    let missing = || KernelError::Pin {
+        path: PathBuf::from(SYN_PROGRAM_NAME),
+        detail: format!("program `{SYN_PROGRAM_NAME}` missing from the embedded object"),
+    };
+    let program: &mut Xdp = ebpf
+        .program_mut(SYN_PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(missing)?;
+    program.load().map_err(|source| KernelError::Verify {
+        hint: permission_hint(is_permission_denied(&source)),
+        source: Box::new(source),
+    })?;
+    let fd = program
+        .fd()
+        .map_err(|source| KernelError::Verify {
+            hint: "",
+            source: Box::new(source),
+        })?
+        .try_clone()
+        .map_err(|e| KernelError::Pin {
+            path: PathBuf::from(SYN_PROGRAM_NAME),
+            detail: e.to_string(),
+        })?;
+    let map = ebpf.map_mut(MAP_PROGRAMS).ok_or_else(missing)?;
+    let mut programs =
+        aya::maps::ProgramArray::try_from(map).map_err(|source| KernelError::OpenMap {
+            name: MAP_PROGRAMS,
+            source,
+        })?;
+    programs
+        .set(PROGRAM_SLOT_SYN, &fd, 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_PROGRAMS,
+            source,
+        })
 }
 
 /// The kernel's id of the pinned program, as `bpftool prog` and `ip link` show it.
@@ -231,7 +271,7 @@ fn remove_pin(path: PathBuf) -> Result<(), KernelError> {
 }
 
 /// Every map the program pins besides the list maps (`LIST_MAP_NAMES`).
-const STATE_MAP_NAMES: [&str; 9] = [
+const STATE_MAP_NAMES: [&str; 11] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_IFACE_SLOTS,
@@ -241,6 +281,8 @@ const STATE_MAP_NAMES: [&str; 9] = [
     MAP_SOURCES,
     MAP_EVENTS,
     MAP_EVENT_SEEN,
+    MAP_SYN_ACTIVE,
+    MAP_PROGRAMS,
 ];
 
 /// Attaches the pinned program to `iface` and pins the link. Returns the mode it got.
@@ -453,6 +495,29 @@ pub fn write_config(paths: &Paths, config: &Config) -> Result<(), KernelError> {
         .set(0, config, 0)
         .map_err(|source| KernelError::Update {
             name: MAP_CONFIG,
+            source,
+        })
+}
+
+/// Whether `floodwall run` has switched an `auto` SYN challenge on.
+pub fn syn_auto_active(paths: &Paths) -> Result<bool, KernelError> {
+    let array: Array<MapData, u32> = open_as(paths, MAP_SYN_ACTIVE)?;
+    array
+        .get(&0, 0)
+        .map(|v| v != 0)
+        .map_err(|source| KernelError::OpenMap {
+            name: MAP_SYN_ACTIVE,
+            source,
+        })
+}
+
+/// Switches an `auto` SYN challenge on or off (the service's decision).
+pub fn set_syn_auto_active(paths: &Paths, active: bool) -> Result<(), KernelError> {
+    let mut array: Array<MapData, u32> = open_as(paths, MAP_SYN_ACTIVE)?;
+    array
+        .set(0, u32::from(active), 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_SYN_ACTIVE,
             source,
         })
 }

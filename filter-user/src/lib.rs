@@ -16,6 +16,7 @@ pub mod paths;
 pub mod reload;
 pub mod state;
 pub mod stats;
+pub mod syncookies;
 mod sys;
 
 /// The XDP program, built by the build script and embedded in every floodwall binary.

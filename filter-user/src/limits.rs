@@ -1,7 +1,9 @@
 //! Limits as the operator states them (rates, bursts, prefixes) and their translation into the
 //! kernel's configuration record.
 
-use filter_common::{Bucket, Config, FLAG_DRY_RUN, FLAG_MALFORMED_PASS};
+use filter_common::{
+    Bucket, Config, FLAG_DRY_RUN, FLAG_MALFORMED_PASS, FLAG_SYN_AUTO, FLAG_SYN_ON, MAX_SYN_PORTS,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -12,6 +14,26 @@ pub enum MalformedAction {
     #[default]
     Drop,
     Pass,
+}
+
+/// The SYN challenge: off, on, or switched by `floodwall run` while sources are shed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SynCookies {
+    #[default]
+    Off,
+    On,
+    Auto,
+}
+
+impl SynCookies {
+    pub const fn name(self) -> &'static str {
+        match self {
+            SynCookies::Off => "off",
+            SynCookies::On => "on",
+            SynCookies::Auto => "auto",
+        }
+    }
 }
 
 /// The live policy. Every rate of 0 switches that limit off.
@@ -47,6 +69,10 @@ pub struct Limits {
     pub events_per_sec: u64,
     /// At most one drop event per source per this many seconds.
     pub event_interval_secs: u64,
+    /// The SYN challenge for TCP sources without state.
+    pub syn_cookies: SynCookies,
+    /// Destination ports the challenge covers; empty: every port with a listener.
+    pub syn_ports: Vec<u16>,
 }
 
 impl Default for Limits {
@@ -66,6 +92,8 @@ impl Default for Limits {
             malformed: MalformedAction::Drop,
             events_per_sec: 100,
             event_interval_secs: 10,
+            syn_cookies: SynCookies::Off,
+            syn_ports: Vec::new(),
         }
     }
 }
@@ -76,6 +104,13 @@ pub enum LimitsError {
     Prefix4(u32),
     #[error("prefix6 `{0}` is out of range: use 1 to 128")]
     Prefix6(u32),
+    #[error(
+        "syn_ports lists {0} ports, at most {MAX_SYN_PORTS} fit: leave it empty to cover every \
+         port with a listener"
+    )]
+    TooManySynPorts(usize),
+    #[error("syn_ports holds port 0, which no listener has")]
+    SynPortZero,
     #[error("`{name}` = {value} is larger than the maximum {max}")]
     TooLarge {
         name: &'static str,
@@ -94,6 +129,12 @@ impl Limits {
         }
         if !(1..=128).contains(&self.prefix6) {
             return Err(LimitsError::Prefix6(self.prefix6));
+        }
+        if self.syn_ports.len() > MAX_SYN_PORTS {
+            return Err(LimitsError::TooManySynPorts(self.syn_ports.len()));
+        }
+        if self.syn_ports.contains(&0) {
+            return Err(LimitsError::SynPortZero);
         }
         for (name, value) in [
             ("pps", self.pps),
@@ -139,6 +180,14 @@ impl Limits {
         if self.malformed == MalformedAction::Pass {
             flags |= FLAG_MALFORMED_PASS;
         }
+        match self.syn_cookies {
+            SynCookies::Off => {}
+            SynCookies::On => flags |= FLAG_SYN_ON,
+            SynCookies::Auto => flags |= FLAG_SYN_AUTO,
+        }
+        let mut syn_ports = [0u16; MAX_SYN_PORTS];
+        let nports = self.syn_ports.len().min(MAX_SYN_PORTS);
+        syn_ports[..nports].copy_from_slice(&self.syn_ports[..nports]);
         Config {
             flags,
             lists,
@@ -152,6 +201,9 @@ impl Limits {
             global_byte: Bucket::bytes(self.global_bps, self.global_bps),
             events: Bucket::packets(self.events_per_sec, self.events_per_sec),
             event_interval_ns: self.event_interval_secs.saturating_mul(1_000_000_000),
+            syn_ports,
+            syn_nports: nports as u32,
+            _pad: 0,
         }
     }
 }
@@ -191,6 +243,42 @@ mod tests {
             };
             assert!(l.validate().is_err(), "{p4} {p6}");
         }
+    }
+
+    #[test]
+    fn syn_challenge_in_the_record() {
+        let l = Limits {
+            syn_cookies: SynCookies::On,
+            syn_ports: vec![22, 443],
+            ..Limits::default()
+        };
+        assert_eq!(l.validate(), Ok(()));
+        let c = l.to_config(0);
+        assert!(c.syn_on() && !c.syn_auto());
+        assert!(c.syn_port_covered(443) && c.syn_port_covered(22));
+        assert!(!c.syn_port_covered(80));
+        let auto = Limits {
+            syn_cookies: SynCookies::Auto,
+            ..Limits::default()
+        }
+        .to_config(0);
+        assert!(auto.syn_auto() && !auto.syn_on());
+        assert!(auto.syn_port_covered(80));
+        assert!(!Limits::default().to_config(0).syn_on());
+    }
+
+    #[test]
+    fn rejects_too_many_or_zero_syn_ports() {
+        let l = Limits {
+            syn_ports: (1..=9).collect(),
+            ..Limits::default()
+        };
+        assert_eq!(l.validate(), Err(LimitsError::TooManySynPorts(9)));
+        let l = Limits {
+            syn_ports: vec![0],
+            ..Limits::default()
+        };
+        assert_eq!(l.validate(), Err(LimitsError::SynPortZero));
     }
 
     #[test]

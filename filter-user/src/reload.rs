@@ -18,6 +18,8 @@ pub enum ReloadError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error(transparent)]
+    Syncookies(#[from] crate::syncookies::SyncookiesError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     State(#[from] StateError),
@@ -68,6 +70,7 @@ pub fn apply(paths: &Paths, file: &FileConfig) -> Result<bool, ReloadError> {
         let _ = kernel::write_config(paths, &old.to_config(list_bits(&state)));
         return Err(e.into());
     }
+    crate::syncookies::sync(paths, &file.limits)?;
     let fill = kernel::map_fill(paths)?;
     let capacity = |name: &str| fill.iter().find(|m| m.name == name).map(|m| m.capacity);
     Ok(capacity(MAP_BLOCK4_HOST) != Some(file.capacity.block_hosts)

@@ -91,6 +91,17 @@ impl Loaded {
         Ok(())
     }
 
+    /// Instructions the verifier processed to accept the program: its complexity budget in use
+    /// (the kernel's limit is 1,000,000).
+    pub fn verified_insns(&self) -> Result<u32> {
+        Ok(self
+            .program
+            .info()
+            .context("program info")?
+            .verified_instruction_count()
+            .unwrap_or(0))
+    }
+
     /// Runs the program once on `frame`; returns the XDP verdict.
     pub fn run(&self, frame: &[u8]) -> Result<u32> {
         Ok(self.run_repeat(frame, 1)?.0)

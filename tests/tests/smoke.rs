@@ -12,6 +12,11 @@ const XDP_PASS: u32 = 2;
 #[ignore = "needs root: run with cargo xtask test"]
 fn blocklist_drops_only_listed_sources() -> Result<()> {
     let fw = Loaded::new()?;
+    // The verifier's budget is 1M instructions; stay well inside it so a change that
+    // multiplies paths fails here, not on an operator's kernel.
+    let insns = fw.verified_insns()?;
+    println!("verifier processed {insns} instructions");
+    assert!(insns < 850_000, "verifier processed {insns} instructions");
     fw.add(
         ListKind::Block,
         &["198.51.100.7", "2001:db8:bad::/48"],
