@@ -293,9 +293,15 @@ mod tests {
         assert!(tcp_ok(&th, pseudo(addr_sum(&reply, true), 24)));
         assert_eq!(u16::from_be_bytes([th[0], th[1]]), 443);
         assert_eq!(u16::from_be_bytes([th[2], th[3]]), 40000);
-        assert_eq!(u32::from_be_bytes([th[4], th[5], th[6], th[7]]), 0x1234_5678);
+        assert_eq!(
+            u32::from_be_bytes([th[4], th[5], th[6], th[7]]),
+            0x1234_5678
+        );
         // seq + 1 wraps.
-        assert_eq!(u32::from_be_bytes([th[8], th[9], th[10], th[11]]), 0xffffffff);
+        assert_eq!(
+            u32::from_be_bytes([th[8], th[9], th[10], th[11]]),
+            0xffffffff
+        );
         assert_eq!(th[13], TCP_SYN | TCP_ACK);
         assert_eq!(tcp_header_len(&th), 24);
         assert_eq!(&th[20..24], &[2, 4, 0x05, 0xb4]);
@@ -325,7 +331,12 @@ mod tests {
     fn flag_classes() {
         assert!(is_bare_syn(TCP_SYN));
         assert!(is_bare_syn(TCP_SYN | 0x40 | 0x80));
-        for f in [TCP_SYN | TCP_ACK, TCP_SYN | TCP_RST, TCP_SYN | TCP_FIN, TCP_ACK] {
+        for f in [
+            TCP_SYN | TCP_ACK,
+            TCP_SYN | TCP_RST,
+            TCP_SYN | TCP_FIN,
+            TCP_ACK,
+        ] {
             assert!(!is_bare_syn(f), "{f:#x}");
         }
         assert!(is_handshake_ack(TCP_ACK));

@@ -22,9 +22,9 @@ use aya_ebpf::{
 use filter_common::{
     Config, FAMILY_V4, MISC_SYN_BAD_CHECKSUM, MISC_SYN_COOKIE_REFUSED,
     syn::{
-        HEADER_BUF, IPV4_HEADER, IPV6_HEADER, SYNACK_V4_LEN,
-        SYNACK_V6_LEN, addr_sum, ipv4_header_ok, is_bare_syn, is_handshake_ack, pseudo,
-        synack_v4, synack_v6, tcp_header_len, tcp_ok,
+        HEADER_BUF, IPV4_HEADER, IPV6_HEADER, SYNACK_V4_LEN, SYNACK_V6_LEN, addr_sum,
+        ipv4_header_ok, is_bare_syn, is_handshake_ack, pseudo, synack_v4, synack_v6,
+        tcp_header_len, tcp_ok,
     },
 };
 

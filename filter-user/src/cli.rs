@@ -226,9 +226,12 @@ fn parse_ports(text: &str) -> Result<SynPorts, String> {
     }
     text.split(',')
         .map(|p| {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("`{}` is not a port (1-65535), and the list not `all`", p.trim()))
+            p.trim().parse::<u16>().map_err(|_| {
+                format!(
+                    "`{}` is not a port (1-65535), and the list not `all`",
+                    p.trim()
+                )
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(SynPorts)

@@ -107,6 +107,21 @@ impl Loaded {
         Ok(self.run_repeat(frame, 1)?.0)
     }
 
+    /// Runs the program once on `frame`; returns the verdict and the frame as the program left
+    /// it (rewritten, for a challenged SYN).
+    pub fn run_out(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let result = self.program.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
     /// Runs the program `repeat` times on `frame` in the kernel; returns the last verdict and
     /// the mean time per run in ns as the kernel measured it.
     pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> Result<(u32, u64)> {
