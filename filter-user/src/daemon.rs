@@ -83,6 +83,9 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
 }
 
+/// Seconds without shedding before an `auto` SYN challenge goes off again.
+const SYN_AUTO_QUIET_SECS: u64 = 30;
+
 /// How often events are drained; bans, sweeps and alerts run once a second.
 const POLL: Duration = Duration::from_millis(100);
 /// Events handled per poll at most: the ring buffer bounds them too, this bounds the work.
@@ -225,6 +228,12 @@ fn serve(
         }
         std::thread::sleep(POLL);
     }
+    if watch.syn_auto.active {
+        // Nobody would switch it off once the service is gone.
+        let _ = kernel::set_syn_auto_active(paths, false);
+        let _ = crate::syncookies::release(paths);
+        info!("SYN challenge off: the service is exiting");
+    }
     let _ = server.join();
     Ok(())
 }
@@ -253,6 +262,9 @@ struct Watch {
     next_expiry: Option<u64>,
     /// Its allowlist (entries in force then), so bans need not read the whole state.
     allowlist: Vec<(Cidr, Option<u64>)>,
+    /// The `auto` SYN challenge and the counters it was last decided on.
+    syn_auto: crate::syncookies::AutoSwitch,
+    syn_seen: Option<(u64, u64, u64)>,
 }
 
 impl Watch {
@@ -271,7 +283,64 @@ impl Watch {
             state_seen: None,
             next_expiry: None,
             allowlist: Vec::new(),
+            syn_auto: crate::syncookies::AutoSwitch::new(false, SYN_AUTO_QUIET_SECS),
+            syn_seen: None,
         }
+    }
+
+    /// Switches an `auto` SYN challenge on while sources are shed as newcomers and off after
+    /// a quiet period; logged, and the host's `tcp_syncookies` follows.
+    fn syn_challenge(&mut self, paths: &Paths) {
+        let Ok(config) = kernel::read_config(paths) else {
+            return;
+        };
+        let Ok(stats) = Stats::read(paths) else {
+            return;
+        };
+        let packets = |r: Reason| stats.totals.get(r.name()).map_or(0, |c| c.packets);
+        let now = (
+            packets(Reason::NewcomerLimited),
+            packets(Reason::SynChallenged),
+            packets(Reason::SynProven),
+        );
+        let before = self.syn_seen.replace(now);
+        if !config.syn_auto() {
+            if self.syn_auto.active {
+                self.syn_auto = crate::syncookies::AutoSwitch::new(false, SYN_AUTO_QUIET_SECS);
+            }
+            return;
+        }
+        let Some(before) = before else { return };
+        let shed = now.0.saturating_sub(before.0);
+        let unproven = now
+            .1
+            .saturating_sub(before.1)
+            .saturating_sub(now.2.saturating_sub(before.2));
+        let admission = config.admission.rate(false);
+        let Some(on) = self.syn_auto.second(shed, unproven, admission) else {
+            return;
+        };
+        let applied = kernel::set_syn_auto_active(paths, on)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                if on {
+                    crate::syncookies::engage(paths).map(drop)
+                } else {
+                    crate::syncookies::release(paths).map(drop)
+                }
+                .map_err(|e| e.to_string())
+            });
+        match (on, applied) {
+            (true, Ok(())) => warn!(
+                "SYN challenge ON: {shed} frames shed as newcomers in the last second; \
+                 net.ipv4.tcp_syncookies = 2 while it lasts"
+            ),
+            (false, Ok(())) => info!(
+                "SYN challenge off: quiet for {SYN_AUTO_QUIET_SECS}s; tcp_syncookies restored"
+            ),
+            (_, Err(e)) => error!("cannot switch the SYN challenge: {e}"),
+        }
+        self.counters.syn_switches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Starts a new log budget when the wall clock has moved on to another second, first
@@ -352,6 +421,7 @@ impl Watch {
             }
         }
         self.alerts(paths);
+        self.syn_challenge(paths);
     }
 
     /// Removes expired list entries. The state is read only when the file changed or an entry

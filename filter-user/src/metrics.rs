@@ -30,6 +30,8 @@ pub struct ServiceCounters {
     pub log_lines_suppressed: AtomicU64,
     pub bans: AtomicU64,
     pub escalations: AtomicU64,
+    /// Times `floodwall run` switched an `auto` SYN challenge on or off.
+    pub syn_switches: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -106,6 +108,11 @@ impl Collector for FloodwallCollector {
                 "floodwall_ban_escalations",
                 "Automatic bans longer than a first offence's",
                 &service.escalations,
+            ),
+            (
+                "floodwall_syn_challenge_switches",
+                "Times the service switched an auto SYN challenge on or off",
+                &service.syn_switches,
             ),
         ] {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

@@ -138,3 +138,79 @@ pub fn apply(paths: &Paths, mode: SynCookies, auto_active: bool) -> Result<(), S
         SynCookies::Off | SynCookies::Auto => release(paths).map(drop),
     }
 }
+
+/// When `floodwall run` switches an `auto` challenge: on in any second in which sources were
+/// shed as newcomers, off after `quiet_secs` seconds without shedding and with no more
+/// unanswered challenges per second than the admission rate (what peacetime looks like).
+#[derive(Debug)]
+pub struct AutoSwitch {
+    pub active: bool,
+    quiet_secs: u64,
+    quiet_for: u64,
+}
+
+impl AutoSwitch {
+    pub fn new(active: bool, quiet_secs: u64) -> AutoSwitch {
+        AutoSwitch {
+            active,
+            quiet_secs,
+            quiet_for: 0,
+        }
+    }
+
+    /// One second's counters: frames shed as newcomers, and challenges answered minus
+    /// sources proven. Returns the new state when it changes.
+    pub fn second(&mut self, shed: u64, unproven: u64, admission_rate: u64) -> Option<bool> {
+        if shed > 0 {
+            self.quiet_for = 0;
+            if !self.active {
+                self.active = true;
+                return Some(true);
+            }
+            return None;
+        }
+        if !self.active {
+            return None;
+        }
+        if unproven > admission_rate.max(1) {
+            self.quiet_for = 0;
+            return None;
+        }
+        self.quiet_for += 1;
+        if self.quiet_for >= self.quiet_secs {
+            self.active = false;
+            self.quiet_for = 0;
+            return Some(false);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AutoSwitch;
+
+    #[test]
+    fn on_when_shedding_off_after_a_quiet_period() {
+        let mut s = AutoSwitch::new(false, 3);
+        assert_eq!(s.second(0, 0, 100), None);
+        assert_eq!(s.second(5, 0, 100), Some(true));
+        // A flood answered by the challenge keeps it on.
+        for _ in 0..10 {
+            assert_eq!(s.second(0, 50_000, 100), None);
+        }
+        assert_eq!(s.second(0, 10, 100), None);
+        assert_eq!(s.second(0, 10, 100), None);
+        assert_eq!(s.second(0, 10, 100), Some(false));
+        assert!(!s.active);
+    }
+
+    #[test]
+    fn shedding_restarts_the_quiet_period() {
+        let mut s = AutoSwitch::new(true, 2);
+        assert_eq!(s.second(0, 0, 1), None);
+        assert_eq!(s.second(1, 0, 1), None);
+        assert_eq!(s.second(0, 0, 1), None);
+        assert_eq!(s.second(0, 0, 1), Some(false));
+    }
+}
