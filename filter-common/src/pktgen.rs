@@ -8,6 +8,12 @@ pub const PKTGEN_MODE_PREFIX: u32 = 0;
 pub const PKTGEN_MODE_SET: u32 = 1;
 /// The L4 checksum is UDP's: 0 means "none" (left alone) and a computed 0 is sent as 0xffff.
 pub const PKTGEN_FLAG_L4_UDP: u32 = 1;
+/// Every frame is first rewritten whole from `PKTGEN_TEMPLATE`: live-frame pages are recycled
+/// with what the receiver left in them, and a receiver that rewrites frames (`XDP_TX` of a
+/// SYN-ACK) would otherwise turn the source's frames into its own replies.
+pub const PKTGEN_FLAG_RESTORE: u32 = 2;
+/// Capacity of `PKTGEN_TEMPLATE` (a power of two: the kernel bounds lengths by masking).
+pub const PKTGEN_TEMPLATE_CAPACITY: usize = 128;
 /// Capacity of `PKTGEN_SET`.
 pub const PKTGEN_SET_CAPACITY: u32 = 1 << 16;
 /// Offsets are masked with this: even (16-bit access) and bounded for the verifier.
@@ -35,8 +41,11 @@ pub struct PktgenConfig {
     pub set_len: u32,
     pub base: [u32; 4],
     pub hostmask: [u32; 4],
+    /// Bytes of `PKTGEN_TEMPLATE` in use (`PKTGEN_FLAG_RESTORE`).
+    pub template_len: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<PktgenConfig>() == 64);
+const _: () = assert!(size_of::<PktgenConfig>() == 72);
 
 #[cfg(feature = "user")]
 mod pod {

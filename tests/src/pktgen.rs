@@ -57,6 +57,7 @@ const PROGRAM: &str = "pktgen";
 const MAP_CONFIG: &str = "PKTGEN_CONFIG";
 const MAP_SET: &str = "PKTGEN_SET";
 const MAP_CURSOR: &str = "PKTGEN_CURSOR";
+const MAP_TEMPLATE: &str = "PKTGEN_TEMPLATE";
 
 const MODE_PREFIX: u32 = pktgen::PKTGEN_MODE_PREFIX;
 const MODE_SET: u32 = pktgen::PKTGEN_MODE_SET;
@@ -272,6 +273,7 @@ fn words(bytes: &[u8]) -> [u32; 4] {
 
 struct Maps {
     config: Array<MapData, PktgenConfig>,
+    template: Array<MapData, [u8; pktgen::PKTGEN_TEMPLATE_CAPACITY]>,
     set: Array<MapData, [u32; 4]>,
     cursor: PerCpuArray<MapData, u32>,
 }
@@ -284,6 +286,7 @@ pub struct PacketSource<'a> {
     out_ifindex: u32,
     batch: u32,
     fix_checksums: bool,
+    restore_template: bool,
     maps: Mutex<Maps>,
     // After `maps`: the program is dropped last.
     ebpf: Ebpf,
@@ -310,6 +313,7 @@ impl<'a> PacketSource<'a> {
         let maps = Maps {
             config: take(MAP_CONFIG)?.try_into()?,
             set: take(MAP_SET)?.try_into()?,
+            template: take(MAP_TEMPLATE)?.try_into()?,
             cursor: take(MAP_CURSOR)?.try_into()?,
         };
         Ok(PacketSource {
@@ -318,6 +322,7 @@ impl<'a> PacketSource<'a> {
             out_ifindex,
             batch: DEFAULT_BATCH,
             fix_checksums: true,
+            restore_template: false,
             maps: Mutex::new(maps),
             ebpf,
         })
@@ -331,6 +336,14 @@ impl<'a> PacketSource<'a> {
         );
         self.batch = batch;
         Ok(self)
+    }
+
+    /// Whether every frame is rewritten whole from the template (default off). Needed when the
+    /// receiver rewrites frames in place, as a SYN challenge answering with `XDP_TX` does:
+    /// live-frame pages come back with what it left in them.
+    pub fn restore_template(mut self, restore: bool) -> PacketSource<'a> {
+        self.restore_template = restore;
+        self
     }
 
     /// Whether to compute and keep up to date the IPv4 and TCP/UDP checksums (default on).
@@ -372,6 +385,28 @@ impl<'a> PacketSource<'a> {
         frame[layout.addr_off..layout.addr_off + layout.addr_len()].copy_from_slice(&first);
         if self.fix_checksums {
             layout.fix_checksums(&mut frame);
+        }
+        if self.restore_template {
+            ensure!(
+                frame.len() <= pktgen::PKTGEN_TEMPLATE_CAPACITY,
+                "a template of {} bytes cannot be restored (at most {})",
+                frame.len(),
+                pktgen::PKTGEN_TEMPLATE_CAPACITY
+            );
+            let mut template = [0u8; pktgen::PKTGEN_TEMPLATE_CAPACITY];
+            template[..frame.len()].copy_from_slice(&frame);
+            maps.template
+                .set(0, template, 0)
+                .context("writing the pktgen template")?;
+            let mut config = maps
+                .config
+                .get(&0, 0)
+                .context("reading the pktgen config")?;
+            config.flags |= pktgen::PKTGEN_FLAG_RESTORE;
+            config.template_len = frame.len() as u32;
+            maps.config
+                .set(0, config, 0)
+                .context("writing the pktgen config")?;
         }
         let program: &Xdp = self
             .ebpf

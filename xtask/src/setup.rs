@@ -21,13 +21,14 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-10-29";
 /// Its default feature links LLVM 23, the LLVM of [`EBPF_TOOLCHAIN`].
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// What the root tests and benches run: ip, ping, nft, iptables, bpftool.
+/// What the root tests and benches run: ip, ping, nft, iptables, bpftool, ethtool.
 const DEB_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "nftables",
     "iptables",
     "bpftool",
+    "ethtool",
 ];
 
 /// Where pinned maps and links live; the kernel here does not mount it at boot.

@@ -14,16 +14,18 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_get_prandom_u32, bpf_redirect},
+    bindings::xdp_md,
+    helpers::{bpf_get_prandom_u32, bpf_redirect, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 
 use filter_common::pktgen::{
-    PKTGEN_FLAG_L4_UDP as FLAG_L4_UDP, PKTGEN_MODE_PREFIX as MODE_PREFIX,
-    PKTGEN_MODE_SET as MODE_SET, PKTGEN_OFFSET_MASK as OFFSET_MASK,
-    PKTGEN_SET_CAPACITY as SET_CAPACITY, PktgenConfig,
+    PKTGEN_FLAG_L4_UDP as FLAG_L4_UDP, PKTGEN_FLAG_RESTORE as FLAG_RESTORE,
+    PKTGEN_MODE_PREFIX as MODE_PREFIX, PKTGEN_MODE_SET as MODE_SET,
+    PKTGEN_OFFSET_MASK as OFFSET_MASK, PKTGEN_SET_CAPACITY as SET_CAPACITY,
+    PKTGEN_TEMPLATE_CAPACITY as TEMPLATE_CAPACITY, PktgenConfig,
 };
 
 #[map]
@@ -32,6 +34,8 @@ static PKTGEN_CONFIG: Array<PktgenConfig> = Array::with_max_entries(1, 0);
 static PKTGEN_SET: Array<[u32; 4]> = Array::with_max_entries(SET_CAPACITY, 0);
 #[map]
 static PKTGEN_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static PKTGEN_TEMPLATE: Array<[u8; TEMPLATE_CAPACITY]> = Array::with_max_entries(1, 0);
 
 #[xdp]
 pub fn pktgen(ctx: XdpContext) -> u32 {
@@ -47,6 +51,18 @@ pub fn pktgen(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn rewrite(ctx: &XdpContext) -> Option<u32> {
     let cfg = PKTGEN_CONFIG.get(0)?;
+    if cfg.flags & FLAG_RESTORE != 0 {
+        let template = PKTGEN_TEMPLATE.get(0)?;
+        // 1..=TEMPLATE_CAPACITY, in a form the verifier follows.
+        let len = (cfg.template_len.wrapping_sub(1) & (TEMPLATE_CAPACITY as u32 - 1)) + 1;
+        // SAFETY: the template holds `len` bytes; the helper checks the frame's bounds.
+        let stored = unsafe {
+            bpf_xdp_store_bytes(ctx.ctx as *mut xdp_md, 0, template.as_ptr() as *mut _, len)
+        };
+        if stored != 0 {
+            return None;
+        }
+    }
     let words = next_address(cfg)?;
     let start = ctx.data();
     let end = ctx.data_end();
