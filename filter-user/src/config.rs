@@ -69,6 +69,8 @@ pub struct ServiceConfig {
     pub log_lines_per_sec: u32,
     /// Address of the Prometheus endpoint (`--metrics` overrides it).
     pub metrics: String,
+    /// Seconds without shedding before an `auto` SYN challenge goes off again.
+    pub syn_auto_quiet_secs: u64,
     pub bans: BanConfig,
     pub alerts: AlertConfig,
 }
@@ -78,6 +80,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             log_lines_per_sec: 20,
             metrics: String::from("127.0.0.1:9477"),
+            syn_auto_quiet_secs: 30,
             bans: BanConfig::default(),
             alerts: AlertConfig::default(),
         }

@@ -83,9 +83,6 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
 }
 
-/// Seconds without shedding before an `auto` SYN challenge goes off again.
-const SYN_AUTO_QUIET_SECS: u64 = 30;
-
 /// How often events are drained; bans, sweeps and alerts run once a second.
 const POLL: Duration = Duration::from_millis(100);
 /// Events handled per poll at most: the ring buffer bounds them too, this bounds the work.
@@ -283,7 +280,7 @@ impl Watch {
             state_seen: None,
             next_expiry: None,
             allowlist: Vec::new(),
-            syn_auto: crate::syncookies::AutoSwitch::new(false, SYN_AUTO_QUIET_SECS),
+            syn_auto: crate::syncookies::AutoSwitch::default(),
             syn_seen: None,
         }
     }
@@ -306,7 +303,7 @@ impl Watch {
         let before = self.syn_seen.replace(now);
         if !config.syn_auto() {
             if self.syn_auto.active {
-                self.syn_auto = crate::syncookies::AutoSwitch::new(false, SYN_AUTO_QUIET_SECS);
+                self.syn_auto = crate::syncookies::AutoSwitch::default();
             }
             return;
         }
@@ -317,7 +314,8 @@ impl Watch {
             .saturating_sub(before.1)
             .saturating_sub(now.2.saturating_sub(before.2));
         let admission = config.admission.rate(false);
-        let Some(on) = self.syn_auto.second(shed, unproven, admission) else {
+        let quiet = self.service.syn_auto_quiet_secs;
+        let Some(on) = self.syn_auto.second(shed, unproven, admission, quiet) else {
             return;
         };
         let applied = kernel::set_syn_auto_active(paths, on)
@@ -336,7 +334,8 @@ impl Watch {
                  net.ipv4.tcp_syncookies = 2 while it lasts"
             ),
             (false, Ok(())) => info!(
-                "SYN challenge off: quiet for {SYN_AUTO_QUIET_SECS}s; tcp_syncookies restored"
+                "SYN challenge off: quiet for {}s; tcp_syncookies restored",
+                self.service.syn_auto_quiet_secs
             ),
             (_, Err(e)) => error!("cannot switch the SYN challenge: {e}"),
         }

@@ -142,25 +142,22 @@ pub fn apply(paths: &Paths, mode: SynCookies, auto_active: bool) -> Result<(), S
 /// When `floodwall run` switches an `auto` challenge: on in any second in which sources were
 /// shed as newcomers, off after `quiet_secs` seconds without shedding and with no more
 /// unanswered challenges per second than the admission rate (what peacetime looks like).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct AutoSwitch {
     pub active: bool,
-    quiet_secs: u64,
     quiet_for: u64,
 }
 
 impl AutoSwitch {
-    pub fn new(active: bool, quiet_secs: u64) -> AutoSwitch {
-        AutoSwitch {
-            active,
-            quiet_secs,
-            quiet_for: 0,
-        }
-    }
-
     /// One second's counters: frames shed as newcomers, and challenges answered minus
     /// sources proven. Returns the new state when it changes.
-    pub fn second(&mut self, shed: u64, unproven: u64, admission_rate: u64) -> Option<bool> {
+    pub fn second(
+        &mut self,
+        shed: u64,
+        unproven: u64,
+        admission_rate: u64,
+        quiet_secs: u64,
+    ) -> Option<bool> {
         if shed > 0 {
             self.quiet_for = 0;
             if !self.active {
@@ -177,7 +174,7 @@ impl AutoSwitch {
             return None;
         }
         self.quiet_for += 1;
-        if self.quiet_for >= self.quiet_secs {
+        if self.quiet_for >= quiet_secs {
             self.active = false;
             self.quiet_for = 0;
             return Some(false);
@@ -192,25 +189,28 @@ mod tests {
 
     #[test]
     fn on_when_shedding_off_after_a_quiet_period() {
-        let mut s = AutoSwitch::new(false, 3);
-        assert_eq!(s.second(0, 0, 100), None);
-        assert_eq!(s.second(5, 0, 100), Some(true));
+        let mut s = AutoSwitch::default();
+        assert_eq!(s.second(0, 0, 100, 3), None);
+        assert_eq!(s.second(5, 0, 100, 3), Some(true));
         // A flood answered by the challenge keeps it on.
         for _ in 0..10 {
-            assert_eq!(s.second(0, 50_000, 100), None);
+            assert_eq!(s.second(0, 50_000, 100, 3), None);
         }
-        assert_eq!(s.second(0, 10, 100), None);
-        assert_eq!(s.second(0, 10, 100), None);
-        assert_eq!(s.second(0, 10, 100), Some(false));
+        assert_eq!(s.second(0, 10, 100, 3), None);
+        assert_eq!(s.second(0, 10, 100, 3), None);
+        assert_eq!(s.second(0, 10, 100, 3), Some(false));
         assert!(!s.active);
     }
 
     #[test]
     fn shedding_restarts_the_quiet_period() {
-        let mut s = AutoSwitch::new(true, 2);
-        assert_eq!(s.second(0, 0, 1), None);
-        assert_eq!(s.second(1, 0, 1), None);
-        assert_eq!(s.second(0, 0, 1), None);
-        assert_eq!(s.second(0, 0, 1), Some(false));
+        let mut s = AutoSwitch {
+            active: true,
+            ..AutoSwitch::default()
+        };
+        assert_eq!(s.second(0, 0, 1, 2), None);
+        assert_eq!(s.second(1, 0, 1, 2), None);
+        assert_eq!(s.second(0, 0, 1, 2), None);
+        assert_eq!(s.second(0, 0, 1, 2), Some(false));
     }
 }

@@ -5,4 +5,5 @@ pub mod netns;
 pub mod pktgen;
 pub mod program;
 pub mod receivers;
+pub mod service;
 pub mod traffic;

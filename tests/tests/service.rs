@@ -10,20 +10,18 @@
 //! on drop, also when a test fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use floodwall_tests::cli::Floodwall;
 use floodwall_tests::frames;
 use floodwall_tests::netns::{Netns, VethPair};
 use floodwall_tests::pktgen::{PacketSource, Sources};
+use floodwall_tests::service::{Service, read_memory};
 use floodwall_tests::traffic::{UdpSink, udp_send, udp_sink, udp_socket_in};
 use serde_json::Value;
 
@@ -39,10 +37,6 @@ const PORT: u16 = 9000;
 /// The metrics endpoint, on loopback inside the server namespace (fresh, so always free).
 const METRICS: &str = "127.0.0.1:19477";
 
-/// Longest a service may take to start (the first start loads the program).
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest a service may take to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hard cap on one flood's duration, whatever a test asks for.
 const FLOOD_MAX_TIME: Duration = Duration::from_secs(90);
 
@@ -123,150 +117,6 @@ fn write_config(fw: &Floodwall<'_>, text: &str) -> Result<()> {
     std::fs::write(&tmp, text).with_context(|| format!("writing {tmp:?}"))?;
     std::fs::rename(&tmp, fw.config_path()).context("renaming the config into place")?;
     Ok(())
-}
-
-fn send_signal(pid: u32, signal: libc::c_int) -> Result<()> {
-    let pid = libc::pid_t::try_from(pid)?;
-    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet.
-    let rc = unsafe { libc::kill(pid, signal) };
-    ensure!(
-        rc == 0,
-        "kill({pid}, {signal}): {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
-/// A running `floodwall run`: its stdout and stderr go to a log file. Dropping it stops it
-/// (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) and, unless the test marked it good, prints
-/// the end of its log.
-struct Service {
-    child: Option<Child>,
-    pid: u32,
-    log: PathBuf,
-    ok: bool,
-}
-
-impl Service {
-    /// Starts `floodwall run IFACE ARGS...` and waits until it serves metrics.
-    fn start(fw: &Floodwall<'_>, net: &Net, args: &[&str], name: &str) -> Result<Service> {
-        let log = fw.state_dir().join(format!("{name}.log"));
-        let out = File::create(&log).with_context(|| format!("creating {log:?}"))?;
-        let err = out.try_clone()?;
-        let mut all = vec!["run", net.server_if()];
-        all.extend_from_slice(args);
-        let mut cmd = fw.command(&all);
-        cmd.env("RUST_LOG", "info").stdout(out).stderr(err);
-        let child = cmd.spawn().context("starting floodwall run")?;
-        // `ip netns exec` execs floodwall: the child's pid is floodwall's.
-        let pid = child.id();
-        let mut service = Service {
-            child: Some(child),
-            pid,
-            log,
-            ok: false,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if service.log_text().contains("serving metrics on") {
-                return Ok(service);
-            }
-            if let Some(status) = service.try_wait()? {
-                bail!(
-                    "floodwall run exited ({status}) before serving metrics:\n{}",
-                    service.log_text()
-                );
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "floodwall run not serving metrics after {START_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        match &mut self.child {
-            Some(child) => Ok(child.try_wait()?),
-            None => bail!("floodwall run (pid {}) already reaped", self.pid),
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) -> Result<()> {
-        ensure!(
-            self.child.is_some(),
-            "floodwall run (pid {}) already reaped",
-            self.pid
-        );
-        send_signal(self.pid, signal)
-    }
-
-    /// Waits for an exit at most `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                self.child = None;
-                return Ok(Some(status));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM; fails unless it exits with status 0 within [`STOP_TIMEOUT`].
-    fn terminate(&mut self) -> Result<()> {
-        self.signal(libc::SIGTERM)?;
-        match self.wait_exit(STOP_TIMEOUT)? {
-            Some(status) if status.success() => Ok(()),
-            Some(status) => bail!("floodwall run exited {status} on SIGTERM"),
-            None => bail!("floodwall run still running {STOP_TIMEOUT:?} after SIGTERM"),
-        }
-    }
-
-    /// Peak and current resident memory (VmHWM, VmRSS) in KiB.
-    fn memory_kib(&self) -> Result<(u64, u64)> {
-        read_memory(self.pid)
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(pid) = libc::pid_t::try_from(self.pid) {
-                // SAFETY: kill(2) on our own unreaped child.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !matches!(child.try_wait(), Ok(Some(_))) {
-                eprintln!("service test: floodwall run ignored SIGTERM: killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if !self.ok || std::env::var_os("FLOODWALL_SHOW_LOGS").is_some() {
-            let text = self.log_text();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(60)..];
-            eprintln!(
-                "service test: last lines of {}:\n{}",
-                self.log.display(),
-                tail.join("\n")
-            );
-        }
-    }
 }
 
 /// UDP floods from some client addresses, each paced at a rate, in threads; stopped (and
@@ -568,7 +418,7 @@ fn flood_metrics_agree_with_stats_and_logs_stay_capped() -> Result<()> {
     let _sink = udp_sink(&net.server, net.server_addr()?)?;
     let fw = Floodwall::new(Some(&net.server))?;
     write_config(&fw, &config_text(50, LOG_CAP))?;
-    let mut service = Service::start(&fw, &net, &[], "flood")?;
+    let mut service = Service::start(&fw, net.server_if(), &[], "flood")?;
 
     let sources = (0..SOURCES)
         .map(|i| ip(&many_source(i)))
@@ -657,7 +507,7 @@ fn offender_is_banned_then_banned_longer() -> Result<()> {
     let _sink = udp_sink(&net.server, net.server_addr()?)?;
     let fw = Floodwall::new(Some(&net.server))?;
     write_config(&fw, &config_text(20, 20))?;
-    let mut service = Service::start(&fw, &net, &[], "bans")?;
+    let mut service = Service::start(&fw, net.server_if(), &[], "bans")?;
     fw.ok(&["allow", "add", ALLOWED4])?;
     let offender = CLIENT4;
 
@@ -778,7 +628,7 @@ fn sighup_and_reload_apply_a_changed_limit() -> Result<()> {
     let net = Net::new(0)?;
     let fw = Floodwall::new(Some(&net.server))?;
     write_config(&fw, &config_text(100, 20))?;
-    let mut service = Service::start(&fw, &net, &[], "reload")?;
+    let mut service = Service::start(&fw, net.server_if(), &[], "reload")?;
     ensure!(
         limit_pps(&fw)? == 100,
         "the service did not apply the config's pps"
@@ -847,7 +697,7 @@ fn sigterm_keeps_the_filter_and_a_new_run_adopts_it() -> Result<()> {
     write_config(&fw, &config_text(0, 20))?;
     let iface = net.server_if().to_owned();
 
-    let mut first = Service::start(&fw, &net, &[], "first")?;
+    let mut first = Service::start(&fw, net.server_if(), &[], "first")?;
     ensure!(
         first.log_text().contains(&format!("attached to {iface}")),
         "no attach in the log"
@@ -891,7 +741,7 @@ fn sigterm_keeps_the_filter_and_a_new_run_adopts_it() -> Result<()> {
     );
     first.ok = true;
 
-    let mut second = Service::start(&fw, &net, &["--detach-on-exit"], "second")?;
+    let mut second = Service::start(&fw, net.server_if(), &["--detach-on-exit"], "second")?;
     ensure!(
         second
             .log_text()
@@ -959,7 +809,7 @@ fn memory_stays_bounded_under_a_random_source_flood() -> Result<()> {
     let net = Net::new(0)?;
     let fw = Floodwall::new(Some(&net.server))?;
     write_config(&fw, &config_text(5, LOG_CAP))?;
-    let mut service = Service::start(&fw, &net, &[], "memory")?;
+    let mut service = Service::start(&fw, net.server_if(), &[], "memory")?;
     let (start_hwm, start_rss) = service.memory_kib()?;
 
     let source = PacketSource::new(&net.client, net.veth.a_name())?;
@@ -1078,18 +928,4 @@ fn memory_stays_bounded_under_a_random_source_flood() -> Result<()> {
     );
     service.ok = true;
     Ok(())
-}
-
-/// Peak and current resident memory (VmHWM, VmRSS) of `pid` in KiB.
-fn read_memory(pid: u32) -> Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let field = |name: &str| -> Result<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {name} in {path}"))
-    };
-    Ok((field("VmHWM:")?, field("VmRSS:")?))
 }

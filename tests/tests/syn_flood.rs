@@ -22,12 +22,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
+use filter_common::{FAMILY_V4, SourceKey};
+use floodwall::{kernel, paths::Paths};
 use floodwall_tests::{
     cli::Floodwall,
     netns::{Netns, VethPair, run_in},
     pktgen::{PacketSource, Sources},
     program::{cpus, pin_to_cpu},
     receivers::{BareProgram, XDP_PASS},
+    service::Service,
 };
 use socket2::{Domain, Socket, Type};
 
@@ -247,6 +250,45 @@ fn round(net: &Net, v4: bool) -> Result<Round> {
     })
 }
 
+/// A SYN flood from both CPUs for `time`, from random sources: the frames sent.
+fn flood(net: &Net, time: Duration) -> Result<u64> {
+    let sources = [
+        PacketSource::new(&net.client, net.veth.a_name())?.restore_template(true),
+        PacketSource::new(&net.client, net.veth.a_name())?.restore_template(true),
+    ];
+    let template = syn_template(true);
+    std::thread::scope(|s| -> Result<u64> {
+        let handles: Vec<_> = sources
+            .iter()
+            .enumerate()
+            .map(|(cpu, source)| {
+                let template = &template;
+                s.spawn(move || -> Result<u64> {
+                    pin_to_cpu(cpu % cpus());
+                    let spoofed = Sources::Random {
+                        base: "10.221.0.0".parse()?,
+                        prefix_len: 16,
+                    };
+                    Ok(source.send(template, spoofed, FLOOD_FRAMES, time)?.frames)
+                })
+            })
+            .collect();
+        let mut frames = 0;
+        for h in handles {
+            frames += h.join().map_err(|_| anyhow::anyhow!("flood panicked"))??;
+        }
+        Ok(frames)
+    })
+}
+
+fn paths_of(fw: &Floodwall<'_>) -> Paths {
+    Paths {
+        bpffs: fw.pin_dir().to_owned(),
+        state_dir: fw.state_dir().to_owned(),
+        config: fw.config_path().to_owned(),
+    }
+}
+
 fn counted(fw: &Floodwall<'_>, reason: &str) -> Result<u64> {
     let stats = fw.json(&["stats", "--json"])?;
     stats["totals"][reason]["packets"]
@@ -325,5 +367,158 @@ fn new_clients_connect_through_a_spoofed_syn_flood() -> Result<()> {
         status.contains("challenge:   inactive"),
         "status after off:\n{status}"
     );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_connection_survives_the_eviction_of_its_source() -> Result<()> {
+    let net = Net::new()?;
+    let pass = BareProgram::load(XDP_PASS)?;
+    let _client_xdp = pass.attach(&net.client, net.veth.a_name())?;
+    let fw = Floodwall::new(Some(&net.server))?;
+    fw.ok(&["attach", net.veth.b_name()])?;
+    fw.ok(&["limit", "set", "--pps", "1000", "--syn-cookies", "on"])?;
+    let server_ip: IpAddr = SERVER4.parse()?;
+    let listener = run_in(&net.server, || {
+        TcpListener::bind(SocketAddr::new(server_ip, PORT))
+    })??;
+    let local: IpAddr = client4(1).parse()?;
+    const MESSAGES: usize = 200;
+    let paths = paths_of(&fw);
+    let mut key = SourceKey {
+        family: FAMILY_V4,
+        addr: [0; 16],
+    };
+    key.addr[..4].copy_from_slice(&[10, 220, 1, 1]);
+    let echoed = std::thread::scope(|s| -> Result<usize> {
+        let server = s.spawn(|| -> Result<()> {
+            let (mut conn, _) = listener.accept()?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = [0u8; 64];
+            for _ in 0..MESSAGES {
+                let n = conn.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                conn.write_all(&buf[..n])?;
+            }
+            Ok(())
+        });
+        let mut stream = run_in(&net.client, || -> Result<TcpStream> {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            socket.bind(&SocketAddr::new(local, 0).into())?;
+            socket.connect_timeout(&SocketAddr::new(server_ip, PORT).into(), CONNECT_TIMEOUT)?;
+            Ok(socket.into())
+        })??;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut echoed = 0;
+        for i in 0..MESSAGES {
+            if i == MESSAGES / 2 {
+                // The source's state goes, as LRU eviction would take it mid-connection.
+                let mut sources = kernel::open_sources(&paths)?;
+                sources
+                    .remove(&key)
+                    .context("the proven source had no state")?;
+            }
+            stream.write_all(b"ping")?;
+            let mut buf = [0u8; 4];
+            stream.read_exact(&mut buf)?;
+            ensure!(&buf == b"ping", "echo garbled");
+            echoed += 1;
+        }
+        drop(stream);
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("server panicked"))??;
+        Ok(echoed)
+    })?;
+    ensure!(echoed == MESSAGES, "{echoed} of {MESSAGES} echoed");
+    ensure!(
+        counted(&fw, "syn_bad_cookie")? == 0,
+        "a segment was taken for a bad cookie"
+    );
+    ensure!(
+        counted(&fw, "syn_proven")? >= 1,
+        "the client was never proven"
+    );
+    // The connection the kernel has vouched for the source again.
+    ensure!(
+        kernel::open_sources(&paths)?.get(&key, 0).is_ok(),
+        "the source got no state back from its connection"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn auto_switches_the_challenge_on_under_a_flood_and_off_after_it() -> Result<()> {
+    let net = Net::new()?;
+    let pass = BareProgram::load(XDP_PASS)?;
+    let _client_xdp = pass.attach(&net.client, net.veth.a_name())?;
+    let fw = Floodwall::new(Some(&net.server))?;
+    std::fs::write(
+        fw.config_path(),
+        "[limits]\n\
+         pps = 200\n\
+         burst = 400\n\
+         new_sources = 10\n\
+         newcomer_pps = 100\n\
+         syn_cookies = \"auto\"\n\
+         \n\
+         [service]\n\
+         metrics = \"127.0.0.1:19478\"\n\
+         syn_auto_quiet_secs = 2\n",
+    )?;
+    let sysctl = || -> Result<String> {
+        Ok(String::from_utf8(
+            net.server
+                .exec(&["cat", "/proc/sys/net/ipv4/tcp_syncookies"])?
+                .stdout,
+        )?
+        .trim()
+        .to_owned())
+    };
+    let before = sysctl()?;
+    let server_ip: IpAddr = SERVER4.parse()?;
+    let _listener = run_in(&net.server, || {
+        TcpListener::bind(SocketAddr::new(server_ip, PORT))
+    })??;
+    let mut service = Service::start(&fw, net.veth.b_name(), &[], "auto")?;
+    ensure!(
+        fw.ok(&["status"])?.contains("challenge:   inactive"),
+        "the challenge is on before any flood"
+    );
+    let frames = flood(&net, Duration::from_secs(4))?;
+    let log = service.log_text();
+    ensure!(
+        log.contains("SYN challenge ON"),
+        "no switch on after {frames} SYNs:\n{log}"
+    );
+    ensure!(
+        counted(&fw, "syn_challenged")? > frames / 4,
+        "the challenge answered {} of {frames} SYNs",
+        counted(&fw, "syn_challenged")?
+    );
+    // Quiet for 2 s: off again, and the host's setting restored.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !service.log_text().contains("SYN challenge off") {
+        ensure!(
+            Instant::now() < deadline,
+            "still on 10 s after the flood:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        fw.ok(&["status"])?.contains("challenge:   inactive"),
+        "status still shows the challenge"
+    );
+    ensure!(
+        sysctl()? == before,
+        "tcp_syncookies not restored to {before}"
+    );
+    service.terminate()?;
+    service.ok = true;
     Ok(())
 }
