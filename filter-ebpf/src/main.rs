@@ -113,13 +113,16 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
         count(slot, Reason::Malformed, len);
         return xdp_action::XDP_PASS;
     };
-    let mut clock = Clock::default();
+    let Some(mut frame) = Frame::new() else {
+        count(slot, Reason::Malformed, len);
+        return xdp_action::XDP_PASS;
+    };
     let (reason, src) = match parse::<false>(&ctx) {
         Ok(Parsed::NonIp) => (Reason::NonIp, None),
-        Ok(Parsed::Ip(ip)) => (decide(&ctx, cfg, &ip.src, len, &mut clock), Some(ip.src)),
+        Ok(Parsed::Ip(ip)) => (decide(&ctx, cfg, &ip.src, len, &mut frame), Some(ip.src)),
         Err(()) => (Reason::Malformed, None),
     };
-    finish(cfg, slot, ifindex, reason, src.as_ref(), len, &mut clock)
+    finish(cfg, slot, ifindex, reason, src.as_ref(), len, &mut frame)
 }
 
 /// The SYN challenge, for a frame `floodwall` handed over: the lists have passed it and its
@@ -134,7 +137,10 @@ pub fn floodwall_syn(ctx: XdpContext) -> u32 {
         count(slot, Reason::Malformed, len);
         return xdp_action::XDP_PASS;
     };
-    let mut clock = Clock::default();
+    let Some(mut frame) = Frame::new() else {
+        count(slot, Reason::Malformed, len);
+        return xdp_action::XDP_PASS;
+    };
     let Ok(Parsed::Ip(ip)) = parse::<true>(&ctx) else {
         // `floodwall` parsed it as IP with a source: the frame cannot have changed.
         count(slot, Reason::Malformed, len);
@@ -148,28 +154,25 @@ pub fn floodwall_syn(ctx: XdpContext) -> u32 {
     let reason = match outcome {
         Syn::Challenged => Reason::SynChallenged,
         Syn::BadCookie => Reason::SynBadCookie,
-        Syn::Proven => vouched(cfg, &ip.src, len, &mut clock, true),
-        Syn::Established => vouched(cfg, &ip.src, len, &mut clock, false),
-        Syn::Other => {
-            let reason = if cfg.limits_sources() {
-                limit_source(None, cfg, &ip.src, len, &mut clock)
-            } else {
-                Reason::Passed
-            };
-            if reason == Reason::Passed {
-                global_caps(cfg, len, &mut clock)
-            } else {
-                reason
-            }
-        }
+        Syn::Proven => vouched(cfg, &ip.src, len, &mut frame, true),
+        Syn::Established => vouched(cfg, &ip.src, len, &mut frame, false),
+        Syn::Other if cfg.limits_sources() => limit_source(None, cfg, &ip.src, len, &mut frame),
+        Syn::Other => Reason::Passed,
     };
-    finish(cfg, slot, ifindex, reason, Some(&ip.src), len, &mut clock)
+    let reason = match reason {
+        Reason::Passed | Reason::SynProven => match capped(cfg, &ip.src, len, &mut frame) {
+            Reason::Passed => reason,
+            capped => capped,
+        },
+        reason => reason,
+    };
+    finish(cfg, slot, ifindex, reason, Some(&ip.src), len, &mut frame)
 }
 
 /// A source the challenge vouched for (a valid cookie, or a connection the kernel has): it
 /// gets state at once, outside the admission and newcomer buckets, and its own limits apply.
 #[inline(always)]
-fn vouched(cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock, proven: bool) -> Reason {
+fn vouched(cfg: &Config, src: &SourceKey, len: u64, frame: &mut Frame, proven: bool) -> Reason {
     let key = source_key(cfg, src);
     if SOURCES
         .insert(&key, &SourceState::default(), BPF_NOEXIST as u64)
@@ -186,14 +189,11 @@ fn vouched(cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock, proven: b
         atomic_add(unsafe { &mut (*state).proven }, 1);
     }
     let reason = if cfg.limits_sources() {
-        charge(cfg, state, len, clock.now())
+        charge(cfg, state, len, frame)
     } else {
         Reason::Passed
     };
-    if reason != Reason::Passed {
-        return reason;
-    }
-    match global_caps(cfg, len, clock) {
+    match reason {
         Reason::Passed if proven => Reason::SynProven,
         reason => reason,
     }
@@ -209,7 +209,7 @@ fn finish(
     reason: Reason,
     src: Option<&SourceKey>,
     len: u64,
-    clock: &mut Clock,
+    frame: &mut Frame,
 ) -> u32 {
     count(slot, reason, len);
     if reason == Reason::SynChallenged {
@@ -227,7 +227,7 @@ fn finish(
         return xdp_action::XDP_PASS;
     }
     if let Some(src) = src {
-        report(cfg, src, reason, ifindex, clock);
+        report(cfg, src, reason, ifindex, frame);
     }
     if cfg.dry_run() {
         count(slot, Reason::DryRunPassed, len);
@@ -236,49 +236,96 @@ fn finish(
     xdp_action::XDP_DROP
 }
 
-/// The time, read at most once per frame and only on paths that need it.
-#[derive(Default)]
-struct Clock {
-    precise: u64,
-    coarse: u64,
+/// This CPU's notes on the frame being decided: `[precise time, coarse time, TOOK_* bits]`,
+/// 0 until set.
+#[map]
+static FRAME: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tokens a frame took before the global caps, given back if a cap drops it.
+const TOOK_SOURCE: u64 = 1;
+const TOOK_NEWCOMER: u64 = 2;
+const TOOK_ADMISSION: u64 = 4;
+
+/// The frame's time, read at most once and only on paths that need it, and the tokens it
+/// took. Kept in map memory rather than on the stack: the verifier then does not follow
+/// "read yet or not" and "took this or that" as kinds of state through every later check,
+/// which multiplied the program's verification cost past the kernel's budget.
+struct Frame {
+    cache: *mut [u64; 3],
 }
 
-impl Clock {
+impl Frame {
+    /// A fresh cache for this frame; `None` only if the per-CPU array is missing its element.
+    #[inline(always)]
+    fn new() -> Option<Frame> {
+        let cache = FRAME.get_ptr_mut(0)?;
+        // SAFETY: this CPU's own element, valid for this run.
+        unsafe { *cache = [0, 0, 0] };
+        Some(Frame { cache })
+    }
+
+    /// Notes tokens taken (`TOOK_*`).
+    #[inline(always)]
+    fn took(&mut self, bits: u64) {
+        // SAFETY: as in `now`.
+        unsafe {
+            let old = core::ptr::read_volatile(&(*self.cache)[2]);
+            core::ptr::write_volatile(&mut (*self.cache)[2], old | bits);
+        }
+    }
+
+    #[inline(always)]
+    fn taken(&self) -> u64 {
+        // SAFETY: as in `now`.
+        unsafe { core::ptr::read_volatile(&(*self.cache)[2]) }
+    }
+
     /// `bpf_ktime_get_ns`: what the limiter and list expiry use.
     #[inline(always)]
     fn now(&mut self) -> u64 {
-        if self.precise == 0 {
-            // SAFETY: a helper without arguments.
-            self.precise = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: this CPU's own element (see `new`); only this program run touches it.
+        unsafe {
+            let cached = core::ptr::read_volatile(&(*self.cache)[0]);
+            if cached != 0 {
+                return cached;
+            }
+            let now = bpf_ktime_get_ns();
+            core::ptr::write_volatile(&mut (*self.cache)[0], now);
+            now
         }
-        self.precise
     }
 
-    /// The same clock at tick resolution, at half the cost: enough for event sampling.
+    /// The same frame at tick resolution, at half the cost: enough for event sampling.
     #[inline(always)]
     fn coarse(&mut self) -> u64 {
-        if self.precise != 0 {
-            return self.precise;
+        // SAFETY: as in `now`.
+        unsafe {
+            let precise = core::ptr::read_volatile(&(*self.cache)[0]);
+            if precise != 0 {
+                return precise;
+            }
+            let cached = core::ptr::read_volatile(&(*self.cache)[1]);
+            if cached != 0 {
+                return cached;
+            }
+            let now = bpf_ktime_get_coarse_ns();
+            core::ptr::write_volatile(&mut (*self.cache)[1], now);
+            now
         }
-        if self.coarse == 0 {
-            // SAFETY: a helper without arguments.
-            self.coarse = unsafe { bpf_ktime_get_coarse_ns() };
-        }
-        self.coarse
     }
 }
 
 /// The policy, in the order of the design: allowlist, blocklist, SYN challenge (handed over to
 /// `floodwall_syn`), per-source limit, global caps.
 #[inline(always)]
-fn decide(ctx: &XdpContext, cfg: &Config, src: &SourceKey, len: u64, clock: &mut Clock) -> Reason {
+fn decide(ctx: &XdpContext, cfg: &Config, src: &SourceKey, len: u64, frame: &mut Frame) -> Reason {
     let v4 = src.family == FAMILY_V4;
     let (host, net) = if v4 {
         (LIST_ALLOW4_HOST, LIST_ALLOW4_NET)
     } else {
         (LIST_ALLOW6_HOST, LIST_ALLOW6_NET)
     };
-    if listed(cfg.lists, host, net, src, true, clock) {
+    if listed(cfg.lists, host, net, src, true, frame) {
         return Reason::Allowlisted;
     }
     let (host, net) = if v4 {
@@ -286,39 +333,86 @@ fn decide(ctx: &XdpContext, cfg: &Config, src: &SourceKey, len: u64, clock: &mut
     } else {
         (LIST_BLOCK6_HOST, LIST_BLOCK6_NET)
     };
-    if listed(cfg.lists, host, net, src, false, clock) {
+    if listed(cfg.lists, host, net, src, false, frame) {
         return Reason::Blocklisted;
     }
     let challenge = cfg.syn_on() || (cfg.syn_auto() && SYN_ACTIVE.get(0).is_some_and(|v| *v != 0));
     if cfg.limits_sources() || challenge {
-        let reason = limit_source(challenge.then_some(ctx), cfg, src, len, clock);
+        let reason = limit_source(challenge.then_some(ctx), cfg, src, len, frame);
         if reason != Reason::Passed {
             return reason;
         }
     }
-    global_caps(cfg, len, clock)
+    capped(cfg, src, len, frame)
 }
 
-/// The global packet and byte caps.
+/// The global caps, the last check of a frame that passed everything else. A frame a cap
+/// drops is not its source's doing: the tokens it took on the way go back (the source's own,
+/// counted neither as passed nor dropped; the newcomer bucket's; admission's).
 #[inline(always)]
-fn global_caps(cfg: &Config, len: u64, clock: &mut Clock) -> Reason {
-    if cfg.global_pkt.enabled()
+fn capped(cfg: &Config, src: &SourceKey, len: u64, frame: &mut Frame) -> Reason {
+    let reason = global_caps(cfg, len, frame);
+    if reason == Reason::Passed {
+        return reason;
+    }
+    let taken = frame.taken();
+    if taken & TOOK_SOURCE != 0
+        && let Some(state) = SOURCES.get_ptr_mut(&source_key(cfg, src))
+    {
+        // SAFETY: a map value valid for this run, updated atomically.
+        let state = unsafe { &mut *state };
+        if cfg.source_pkt.enabled() {
+            atomic_add(&mut state.tat_pkt, cfg.source_pkt.cost.wrapping_neg());
+        }
+        if cfg.source_byte.enabled() {
+            let cost = byte_cost(len, cfg.source_byte.cost);
+            atomic_add(&mut state.tat_byte, cost.wrapping_neg());
+        }
+        atomic_add(&mut state.passed, 1u64.wrapping_neg());
+    }
+    if taken & TOOK_NEWCOMER != 0 {
+        refund(GLOBAL_NEWCOMER, cfg.newcomer.cost);
+    }
+    if taken & TOOK_ADMISSION != 0 {
+        refund(GLOBAL_ADMISSION, cfg.admission.cost);
+    }
+    reason
+}
+
+/// The global packet and byte caps, the last check of a frame that passed everything else.
+/// A byte-cap drop gives the packet cap's token back.
+#[inline(always)]
+fn global_caps(cfg: &Config, len: u64, frame: &mut Frame) -> Reason {
+    let pkt = cfg.global_pkt.enabled();
+    if pkt
         && !take(
             GLOBAL_PKT,
             &cfg.global_pkt,
             cfg.global_pkt.cost,
-            clock.now(),
+            frame.now(),
         )
     {
         return Reason::GlobalCap;
     }
     if cfg.global_byte.enabled() {
         let cost = byte_cost(len, cfg.global_byte.cost);
-        if !take(GLOBAL_BYTE, &cfg.global_byte, cost, clock.now()) {
+        if !take(GLOBAL_BYTE, &cfg.global_byte, cost, frame.now()) {
+            if pkt {
+                refund(GLOBAL_PKT, cfg.global_pkt.cost);
+            }
             return Reason::GlobalCap;
         }
     }
     Reason::Passed
+}
+
+/// Gives a token back to global bucket `slot`: the frame that took it was dropped later.
+#[inline(always)]
+fn refund(slot: u32, cost: u64) {
+    if let Some(tat) = GLOBALS.get_ptr_mut(slot) {
+        // SAFETY: a map value valid for this run, updated atomically.
+        atomic_add(unsafe { &mut *tat }, cost.wrapping_neg());
+    }
 }
 
 /// Whether `src` is in the allowlist or blocklist (picked by `allow`), honouring expiry.
@@ -329,7 +423,7 @@ fn listed(
     net_bit: u32,
     src: &SourceKey,
     allow: bool,
-    clock: &mut Clock,
+    frame: &mut Frame,
 ) -> bool {
     if lists & host_bit != 0 {
         let entry = if src.family == FAMILY_V4 {
@@ -356,7 +450,7 @@ fn listed(
             .copied()
         };
         if let Some(entry) = entry
-            && (entry.expires_ns == 0 || entry.active(clock.now()))
+            && (entry.expires_ns == 0 || entry.active(frame.now()))
         {
             return true;
         }
@@ -387,14 +481,21 @@ fn listed(
             let Some(entry) = entry else {
                 return false;
             };
-            if entry.expires_ns == 0 || entry.active(clock.now()) {
+            if entry.expires_ns == 0 || entry.active(frame.now()) {
                 return true;
             }
-            // Expired: a shorter prefix may still cover the address.
-            if entry.prefix_len == 0 {
+            // Expired: a shorter prefix may still cover the address. The entry's own length
+            // is trusted only below the one just looked up, so a bad entry can never send the
+            // search back up (and spend the retries hiding a shorter match).
+            let own = if entry.prefix_len < prefix_len {
+                entry.prefix_len
+            } else {
+                prefix_len
+            };
+            if own == 0 {
                 return false;
             }
-            prefix_len = entry.prefix_len - 1;
+            prefix_len = own - 1;
         }
     }
     false
@@ -423,10 +524,10 @@ fn limit_source(
     cfg: &Config,
     src: &SourceKey,
     len: u64,
-    clock: &mut Clock,
+    frame: &mut Frame,
 ) -> Reason {
     let key = source_key(cfg, src);
-    let now = clock.now();
+    let now = frame.now();
     let state = match SOURCES.get_ptr_mut(&key) {
         Some(state) => state,
         None => {
@@ -439,16 +540,18 @@ fn limit_source(
             if !cfg.limits_sources() {
                 return Reason::Passed;
             }
-            if cfg.admission.enabled()
-                && !take(GLOBAL_ADMISSION, &cfg.admission, cfg.admission.cost, now)
-            {
-                // Spoof-proof: no state for this source; it shares the newcomer bucket.
-                if cfg.newcomer.enabled()
-                    && take(GLOBAL_NEWCOMER, &cfg.newcomer, cfg.newcomer.cost, now)
-                {
-                    return Reason::Passed;
+            if cfg.admission.enabled() {
+                if !take(GLOBAL_ADMISSION, &cfg.admission, cfg.admission.cost, now) {
+                    // Spoof-proof: no state for this source; it shares the newcomer bucket.
+                    if cfg.newcomer.enabled()
+                        && take(GLOBAL_NEWCOMER, &cfg.newcomer, cfg.newcomer.cost, now)
+                    {
+                        frame.took(TOOK_NEWCOMER);
+                        return Reason::Passed;
+                    }
+                    return Reason::NewcomerLimited;
                 }
-                return Reason::NewcomerLimited;
+                frame.took(TOOK_ADMISSION);
             }
             if SOURCES
                 .insert(&key, &SourceState::default(), BPF_NOEXIST as u64)
@@ -458,24 +561,23 @@ fn limit_source(
             }
             // Another CPU may have inserted it first; either way it exists now unless the
             // map refused (then the source is limited as a newcomer: never fail open).
-            match SOURCES.get_ptr_mut(&key) {
-                Some(state) => state,
-                None => {
-                    bump(MISC_SOURCE_INSERT_FAILED);
-                    return Reason::NewcomerLimited;
-                }
-            }
+            let Some(state) = SOURCES.get_ptr_mut(&key) else {
+                bump(MISC_SOURCE_INSERT_FAILED);
+                return Reason::NewcomerLimited;
+            };
+            return charge(cfg, state, len, frame);
         }
     };
     if !cfg.limits_sources() {
         return Reason::Passed;
     }
-    charge(cfg, state, len, now)
+    charge(cfg, state, len, frame)
 }
 
 /// Takes the frame's cost from a source's packet and byte buckets.
 #[inline(always)]
-fn charge(cfg: &Config, state: *mut SourceState, len: u64, now: u64) -> Reason {
+fn charge(cfg: &Config, state: *mut SourceState, len: u64, frame: &mut Frame) -> Reason {
+    let now = frame.now();
     // SAFETY: `state` points into a map value that stays valid for this program run;
     // every field shared between CPUs is read and written atomically.
     let state = unsafe { &mut *state };
@@ -500,12 +602,13 @@ fn charge(cfg: &Config, state: *mut SourceState, len: u64, now: u64) -> Reason {
             }
         }
     }
-    if reason == Reason::Passed {
-        atomic_add(&mut state.passed, 1);
-    } else {
+    if reason != Reason::Passed {
         atomic_add(&mut state.dropped, 1);
+        return reason;
     }
-    reason
+    atomic_add(&mut state.passed, 1);
+    frame.took(TOOK_SOURCE);
+    Reason::Passed
 }
 
 /// GCRA on slot `slot` of the global buckets.
@@ -541,11 +644,11 @@ fn take_ptr(tat: *mut u64, bucket: &Bucket, cost: u64, now: u64) -> bool {
 /// Sends a sampled drop event: at most `cfg.events` per second in all, and at most one per
 /// source per `cfg.event_interval_ns`, so a flood never turns into a log flood.
 #[inline(always)]
-fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, clock: &mut Clock) {
+fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &mut Frame) {
     if !cfg.events.enabled() {
         return;
     }
-    let now = clock.coarse();
+    let now = frame.coarse();
     // A read of the global budget first: when it is spent (as in any flood) nothing more is
     // done. Then the source's own interval, and only then is a token taken, so a flood from
     // one source cannot spend the budget that the first drops of other sources need.

@@ -194,3 +194,55 @@ pub fn ipv4_fragment(
     frame[14 + 6..14 + 8].copy_from_slice(&field.to_be_bytes());
     frame
 }
+
+/// The RFC 1071 sum of `data` as big-endian words (an odd last byte padded), added to `acc`.
+fn ones_sum(data: &[u8], mut acc: u32) -> u32 {
+    for pair in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// A TCP SYN from `src` to `dst`:`dport` with an MSS option (as every real client sends), its
+/// IPv4 header and TCP checksums correct.
+pub fn tcp_syn(src: IpAddr, dst: IpAddr, dport: u16) -> Vec<u8> {
+    let mut tcp = vec![0u8; 24];
+    tcp[0..2].copy_from_slice(&33_333u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+    tcp[12] = 6 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+    let (s, d) = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (s.octets().to_vec(), d.octets().to_vec()),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (s.octets().to_vec(), d.octets().to_vec()),
+        _ => panic!("tcp_syn: {src} and {dst} are of different families"),
+    };
+    let pseudo = ones_sum(&s, 0) + ones_sum(&d, 0) + u32::from(PROTO_TCP) + tcp.len() as u32;
+    let csum = fold(ones_sum(&tcp, pseudo));
+    tcp[16..18].copy_from_slice(&csum.to_be_bytes());
+    let mut frame = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut f =
+                Frame::eth(ETH_P_IP).ipv4(s.octets(), d.octets(), PROTO_TCP, &[], tcp.len());
+            let ip = f.bytes.len() - 20;
+            let csum = fold(ones_sum(&f.bytes[ip..], 0));
+            f.bytes[ip + 10..ip + 12].copy_from_slice(&csum.to_be_bytes());
+            f
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            Frame::eth(ETH_P_IPV6).ipv6(s.octets(), d.octets(), PROTO_TCP, tcp.len())
+        }
+        _ => unreachable!("families checked above"),
+    };
+    frame.bytes.extend_from_slice(&tcp);
+    frame.bytes
+}

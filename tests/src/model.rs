@@ -294,33 +294,88 @@ fn judge(policy: &Policy, src: &SourceKey, len: u64, state: &mut ModelState, now
     if listed(&policy.block, src, now) {
         return Reason::Blocklisted;
     }
+    let mut took = Took::default();
     if cfg.limits_sources() {
-        let reason = per_source(cfg, src, len, state, now);
+        let reason = per_source(cfg, src, len, state, now, &mut took);
         if reason != Reason::Passed {
             return reason;
         }
     }
+    if global_caps(cfg, len, state, now) {
+        return Reason::Passed;
+    }
+    // A frame a global cap drops gives back every token it took on the way.
     let globals = &mut state.globals;
-    if cfg.global_pkt.enabled() {
+    if took.newcomer {
+        let slot = &mut globals[GLOBAL_NEWCOMER as usize];
+        *slot = slot.wrapping_sub(cfg.newcomer.cost);
+    }
+    if took.admission {
+        let slot = &mut globals[GLOBAL_ADMISSION as usize];
+        *slot = slot.wrapping_sub(cfg.admission.cost);
+    }
+    if let Some(key) = took.source
+        && let Some(source) = state.sources.get_mut(&key)
+    {
+        if cfg.source_pkt.enabled() {
+            source.tat_pkt = source.tat_pkt.wrapping_sub(cfg.source_pkt.cost);
+        }
+        if cfg.source_byte.enabled() {
+            let cost = byte_cost(len, cfg.source_byte.cost);
+            source.tat_byte = source.tat_byte.wrapping_sub(cost);
+        }
+        source.passed -= 1;
+    }
+    Reason::GlobalCap
+}
+
+/// Tokens a frame took before the global caps.
+#[derive(Default)]
+struct Took {
+    newcomer: bool,
+    admission: bool,
+    /// The source whose buckets it was charged to.
+    source: Option<SourceKey>,
+}
+
+/// Step 5: whether the global caps let the frame through (taking their tokens). A byte-cap
+/// drop gives the packet cap its token back.
+fn global_caps(cfg: &Config, len: u64, state: &mut ModelState, now: u64) -> bool {
+    let globals = &mut state.globals;
+    let pkt = cfg.global_pkt.enabled();
+    if pkt {
         let slot = &mut globals[GLOBAL_PKT as usize];
         match gcra(*slot, now, cfg.global_pkt.cost, cfg.global_pkt.tau) {
             Some(tat) => *slot = tat,
-            None => return Reason::GlobalCap,
+            None => return false,
         }
     }
     if cfg.global_byte.enabled() {
-        let slot = &mut globals[GLOBAL_BYTE as usize];
         let cost = byte_cost(len, cfg.global_byte.cost);
+        let slot = &mut globals[GLOBAL_BYTE as usize];
         match gcra(*slot, now, cost, cfg.global_byte.tau) {
             Some(tat) => *slot = tat,
-            None => return Reason::GlobalCap,
+            None => {
+                if pkt {
+                    let slot = &mut globals[GLOBAL_PKT as usize];
+                    *slot = slot.wrapping_sub(cfg.global_pkt.cost);
+                }
+                return false;
+            }
         }
     }
-    Reason::Passed
+    true
 }
 
 /// Step 4: admission of new sources, the newcomer bucket, the per-source buckets.
-fn per_source(cfg: &Config, src: &SourceKey, len: u64, state: &mut ModelState, now: u64) -> Reason {
+fn per_source(
+    cfg: &Config,
+    src: &SourceKey,
+    len: u64,
+    state: &mut ModelState,
+    now: u64,
+    took: &mut Took,
+) -> Reason {
     let mut key = *src;
     let prefix = if key.family == FAMILY_V4 {
         cfg.prefix4
@@ -333,7 +388,10 @@ fn per_source(cfg: &Config, src: &SourceKey, len: u64, state: &mut ModelState, n
         if cfg.admission.enabled() {
             let slot = &mut state.globals[GLOBAL_ADMISSION as usize];
             match gcra(*slot, now, cfg.admission.cost, cfg.admission.tau) {
-                Some(tat) => *slot = tat,
+                Some(tat) => {
+                    *slot = tat;
+                    took.admission = true;
+                }
                 None => admitted = false,
             }
         }
@@ -343,6 +401,7 @@ fn per_source(cfg: &Config, src: &SourceKey, len: u64, state: &mut ModelState, n
                 let slot = &mut state.globals[GLOBAL_NEWCOMER as usize];
                 if let Some(tat) = gcra(*slot, now, cfg.newcomer.cost, cfg.newcomer.tau) {
                     *slot = tat;
+                    took.newcomer = true;
                     return Reason::Passed;
                 }
             }
@@ -375,6 +434,7 @@ fn per_source(cfg: &Config, src: &SourceKey, len: u64, state: &mut ModelState, n
     }
     if reason == Reason::Passed {
         source.passed += 1;
+        took.source = Some(key);
     } else {
         source.dropped += 1;
     }

@@ -8,9 +8,10 @@
 
 use std::{thread::sleep, time::Duration};
 
-use anyhow::{Result, bail};
-use filter_common::{Bucket, Reason, byte_cost, gcra};
+use anyhow::{Result, bail, ensure};
+use filter_common::{Bucket, ListEntry, Reason, byte_cost, gcra};
 use floodwall::{
+    kernel,
     limits::{Limits, MalformedAction},
     state::ListKind,
 };
@@ -706,6 +707,44 @@ fn host_and_prefix_entries() -> Result<()> {
     check(&fw, &cases)
 }
 
+/// An expired prefix entry whose stored length is bad (longer than its own key) must not send
+/// the retry back up the prefix lengths: that spent every retry on the same entry and hid the
+/// active /8 that covers it.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_bad_expired_entry_never_hides_a_covering_prefix() -> Result<()> {
+    let fw = Loaded::new()?;
+    fw.add(ListKind::Block, &["10.0.0.0/8"], None)?;
+    // Written raw: the controller always stores the right length.
+    let data = aya::maps::MapData::from_pin(fw.paths.map_pin(filter_common::MAP_BLOCK4_NET))?;
+    let mut trie: aya::maps::LpmTrie<_, [u8; 4], ListEntry> =
+        aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
+    for (len, net) in [(200, [10, 1, 2, 0]), (33, [10, 1, 3, 0])] {
+        let entry = ListEntry {
+            // Long expired.
+            expires_ns: 1,
+            prefix_len: len,
+            _pad: 0,
+        };
+        trie.insert(&aya::maps::lpm_trie::Key::new(24, net), entry, 0)?;
+    }
+    let cases = [
+        case(
+            "expired /24 with stored length 200 over an active /8",
+            udp("10.1.2.3".parse()?, 16),
+            XDP_DROP,
+            Reason::Blocklisted,
+        ),
+        case(
+            "expired /24 with stored length 33 over an active /8",
+            udp("10.1.3.3".parse()?, 16),
+            XDP_DROP,
+            Reason::Blocklisted,
+        ),
+    ];
+    check(&fw, &cases)
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn expired_entries_stop_matching_in_the_kernel() -> Result<()> {
@@ -949,6 +988,109 @@ fn newcomers_share_one_bucket() -> Result<()> {
         .map(|(n, frame, (v, r))| case(n, frame, v, r))
         .collect();
     check(&fw, &cases)
+}
+
+/// Runs `frame` `n` times; how many passed.
+fn passes(fw: &Loaded, frame: &[u8], n: usize) -> Result<usize> {
+    let mut passed = 0;
+    for _ in 0..n {
+        if fw.run(frame)? == XDP_PASS {
+            passed += 1;
+        }
+    }
+    Ok(passed)
+}
+
+/// A frame a global cap drops gives back the tokens it took on the way: the source's own, the
+/// newcomer bucket's, and the packet cap's when the byte cap drops it.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_global_cap_drop_gives_its_tokens_back() -> Result<()> {
+    let fw = Loaded::new()?;
+    let per_source = Limits {
+        pps: 1,
+        burst: 20,
+        ..Limits::default()
+    };
+    fw.set_limits(&Limits {
+        global_pps: 1,
+        ..per_source.clone()
+    })?;
+    let frame = udp([198, 51, 100, 40].into(), 16);
+    let under_cap = passes(&fw, &frame, 20)?;
+    ensure!(
+        under_cap == 1,
+        "{under_cap} of 20 passed a cap of 1 pps, burst 1"
+    );
+    // The cap is lifted: the source's own burst, less the one frame that passed, is there.
+    fw.set_limits(&per_source)?;
+    let after = passes(&fw, &frame, 20)?;
+    ensure!(
+        after >= 19,
+        "after the cap, {after} of 20 passed: the capped frames used up the source's burst"
+    );
+
+    // Newcomers: admission spent, the newcomer bucket (burst 20) shared, a cap of 1.
+    let newcomers = Limits {
+        pps: 1000,
+        new_sources: 1,
+        newcomer_pps: 20,
+        ..Limits::default()
+    };
+    fw.set_limits(&Limits {
+        global_pps: 1,
+        ..newcomers.clone()
+    })?;
+    // The first new source spends admission (and the cap's one token).
+    passes(&fw, &udp([203, 0, 113, 200].into(), 16), 1)?;
+    let capped = (1..=20u8)
+        .map(|i| passes(&fw, &udp([203, 0, 113, i].into(), 16), 1))
+        .sum::<Result<usize>>()?;
+    ensure!(capped == 0, "{capped} newcomers passed a spent cap");
+    kernel::write_config(
+        &fw.paths,
+        &newcomers.to_config(floodwall::lists::list_bits(&floodwall::state::State::load(
+            &fw.paths,
+        )?)),
+    )?;
+    let newcomer_passed = (21..=40u8)
+        .map(|i| passes(&fw, &udp([203, 0, 113, i].into(), 16), 1))
+        .sum::<Result<usize>>()?;
+    ensure!(
+        newcomer_passed >= 19,
+        "{newcomer_passed} of 20 newcomers passed after the cap: capped frames used the bucket"
+    );
+
+    // The byte cap drops: the packet cap keeps its tokens. Bytes: 1000-byte frames against a
+    // byte cap whose burst is one maximal frame (65,535 bytes).
+    let caps = Limits {
+        global_pps: 100,
+        global_bps: 1000,
+        ..Limits::default()
+    };
+    fw.set_limits(&caps)?;
+    let big = udp([198, 51, 100, 41].into(), 1000 - 42);
+    let by_bytes = passes(&fw, &big, 100)?;
+    ensure!(
+        (60..=70).contains(&by_bytes),
+        "{by_bytes} of 100 frames of 1000 B passed a byte burst of 65,535"
+    );
+    kernel::write_config(
+        &fw.paths,
+        &Limits {
+            global_bps: 0,
+            ..caps
+        }
+        .to_config(floodwall::lists::list_bits(&floodwall::state::State::load(
+            &fw.paths,
+        )?)),
+    )?;
+    let by_packets = passes(&fw, &big, 100)?;
+    ensure!(
+        by_packets + by_bytes >= 98,
+        "{by_packets} passed the packet cap after {by_bytes}: byte-capped frames used its tokens"
+    );
+    Ok(())
 }
 
 #[test]
