@@ -785,10 +785,11 @@ fn stats_command(paths: &Paths, json: bool, watch: Option<u64>) -> Result<(), Cl
         std::thread::sleep(interval);
         let cur = Stats::read(paths)?;
         if json {
+            let since = cur.packets_since(&prev);
             let rates: serde_json::Map<String, serde_json::Value> = Reason::ALL
                 .iter()
                 .map(|r| {
-                    let d = cur.totals[r.name()].packets - prev.totals[r.name()].packets;
+                    let d = since.get(r.name()).copied().unwrap_or(0);
                     (
                         r.name().to_owned(),
                         json!(d as f64 / interval.as_secs_f64()),
@@ -804,9 +805,13 @@ fn stats_command(paths: &Paths, json: bool, watch: Option<u64>) -> Result<(), Cl
 }
 
 fn print_stats(stats: &Stats, prev: Option<&Stats>, secs: f64) {
-    let rate = |name: &str, cur: u64| -> String {
-        prev.map_or_else(String::new, |p| {
-            format!("{:>12.0}/s", (cur - p.totals[name].packets) as f64 / secs)
+    let since = prev.map(|p| stats.packets_since(p));
+    let rate = |name: &str| -> String {
+        since.as_ref().map_or_else(String::new, |s| {
+            format!(
+                "{:>12.0}/s",
+                s.get(name).copied().unwrap_or(0) as f64 / secs
+            )
         })
     };
     println!("{:<12} {:>14} {:>16}", "REASON", "PACKETS", "BYTES");
@@ -817,7 +822,7 @@ fn print_stats(stats: &Stats, prev: Option<&Stats>, secs: f64) {
             r.name(),
             c.packets,
             c.bytes,
-            rate(r.name(), c.packets)
+            rate(r.name())
         );
     }
     for iface in &stats.interfaces {

@@ -47,8 +47,13 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error(transparent)]
     Paths(#[from] PathsError),
-    #[error("floodwall run is already running (pid {pid}); stop it first")]
-    AlreadyRunning { pid: i32 },
+    #[error(transparent)]
+    PidFile(#[from] crate::pidfile::PidFileError),
+    #[error(
+        "floodwall was detached from every interface (`floodwall detach --all`?): exiting, \
+         so that a service manager restarts `floodwall run` and it attaches again"
+    )]
+    Detached,
     #[error("cannot serve metrics on {addr}: {source}; pick another address with --metrics")]
     Metrics {
         addr: SocketAddr,
@@ -57,19 +62,14 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
-    #[error("cannot write pid file `{path}`: {source}")]
-    PidFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 impl DaemonError {
     pub fn is_bad_input(&self) -> bool {
         match self {
             DaemonError::Attach(e) => e.is_bad_input(),
-            DaemonError::Config(_) | DaemonError::AlreadyRunning { .. } => true,
+            DaemonError::Config(_)
+            | DaemonError::PidFile(crate::pidfile::PidFileError::AlreadyRunning { .. }) => true,
             _ => false,
         }
     }
@@ -106,9 +106,9 @@ pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
         .clone()
         .unwrap_or_else(|| paths.config.clone());
     let mut file = FileConfig::load(&config_path, options.config.is_some())?;
-    if let Some(pid) = reload::running_service(paths) {
-        return Err(DaemonError::AlreadyRunning { pid });
-    }
+    paths.ensure_state_dir()?;
+    // Held until this function returns: one service per state directory.
+    let _pid_file = crate::pidfile::PidFile::claim(paths)?;
     let attached: Vec<String> = paths.links()?.into_iter().map(|(i, _, _)| i).collect();
     let missing: Vec<String> = options
         .ifaces
@@ -133,15 +133,11 @@ pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
     } else if config_path.exists() {
         reload::apply(paths, &file)?;
     }
-    let pid_file = paths.run_pid_file();
-    fs::write(&pid_file, format!("{}\n", std::process::id())).map_err(|source| {
-        DaemonError::PidFile {
-            path: pid_file.clone(),
-            source,
-        }
-    })?;
     let result = serve(paths, options, &config_path, &mut file);
-    let _ = fs::remove_file(&pid_file);
+    if let Err(e @ DaemonError::Detached) = &result {
+        error!("{e}");
+        return result;
+    }
     if options.detach_on_exit {
         match attach::detach(paths, &options.ifaces, false) {
             Ok(done) => info!("detached from {}", done.join(", ")),
@@ -221,6 +217,12 @@ fn serve(
         }
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
+            if !paths.is_loaded() {
+                // Staying up would leave a service that protects nothing.
+                term.store(true, Ordering::Relaxed);
+                let _ = server.join();
+                return Err(DaemonError::Detached);
+            }
             watch.tick(paths, &sources, file);
         }
         std::thread::sleep(POLL);

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod lists;
 pub mod metrics;
 pub mod paths;
+pub mod pidfile;
 pub mod reload;
 pub mod state;
 pub mod stats;

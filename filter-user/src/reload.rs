@@ -1,7 +1,5 @@
 //! `floodwall reload` and SIGHUP: re-read the config file and apply its limits live.
 
-use std::fs;
-
 use filter_common::{MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_SOURCES};
 use thiserror::Error;
 
@@ -48,8 +46,8 @@ pub fn reload(paths: &Paths) -> Result<ReloadReport, ReloadError> {
     }
     let file = FileConfig::load(&paths.config, true)?;
     let capacity_changed = apply(paths, &file)?;
-    let signalled = running_service(paths).filter(|pid| {
-        // SAFETY: plain kill(2) on a pid read from our own pid file.
+    let signalled = crate::pidfile::running_service(paths).filter(|pid| {
+        // SAFETY: plain kill(2) on the pid of the process that holds our pid file's lock.
         unsafe { libc::kill(*pid, libc::SIGHUP) == 0 }
     });
     Ok(ReloadReport {
@@ -76,15 +74,4 @@ pub fn apply(paths: &Paths, file: &FileConfig) -> Result<bool, ReloadError> {
     Ok(capacity(MAP_BLOCK4_HOST) != Some(file.capacity.block_hosts)
         || capacity(MAP_BLOCK4_NET) != Some(file.capacity.block_nets)
         || capacity(MAP_SOURCES) != Some(file.capacity.sources))
-}
-
-/// The pid of a live `floodwall run`, from its pid file.
-pub fn running_service(paths: &Paths) -> Option<i32> {
-    let pid: i32 = fs::read_to_string(paths.run_pid_file())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    // SAFETY: signal 0 only checks that the process exists.
-    (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
 }

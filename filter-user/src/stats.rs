@@ -76,6 +76,33 @@ impl Stats {
         })
     }
 
+    /// Packets per reason since `prev`, summed over the interfaces of this sample. Totals can
+    /// shrink between samples (an interface detached, or detached and attached again, takes
+    /// or resets its counters), so the change is taken per interface: one that is gone counts
+    /// nothing, one whose counters went back (or that is new) counts what it has now.
+    pub fn packets_since(&self, prev: &Stats) -> BTreeMap<&'static str, u64> {
+        let mut out: BTreeMap<&'static str, u64> =
+            Reason::ALL.iter().map(|r| (r.name(), 0)).collect();
+        for iface in &self.interfaces {
+            let before = prev
+                .interfaces
+                .iter()
+                .find(|p| p.ifindex == iface.ifindex && p.iface == iface.iface);
+            for (name, count) in &iface.reasons {
+                let old = before
+                    .and_then(|b| b.reasons.get(name))
+                    .map_or(0, |c| c.packets);
+                let delta = if count.packets >= old {
+                    count.packets - old
+                } else {
+                    count.packets
+                };
+                *out.entry(name).or_default() += delta;
+            }
+        }
+        out
+    }
+
     /// Packets dropped (or, in dry-run, that would have been), over every interface.
     pub fn dropped(&self) -> u64 {
         Reason::ALL
@@ -140,4 +167,42 @@ pub fn top(
     });
     sources.truncate(n);
     Ok(sources)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ifaces: &[(u32, &str, u64)]) -> Stats {
+        Stats {
+            interfaces: ifaces
+                .iter()
+                .map(|(ifindex, name, passed)| IfaceStats {
+                    iface: (*name).to_owned(),
+                    ifindex: *ifindex,
+                    reasons: [(
+                        "passed",
+                        Count {
+                            packets: *passed,
+                            bytes: 0,
+                        },
+                    )]
+                    .into(),
+                })
+                .collect(),
+            ..Stats::default()
+        }
+    }
+
+    #[test]
+    fn a_detached_interface_never_makes_a_rate_negative() {
+        let prev = sample(&[(2, "a", 1000), (3, "b", 5000)]);
+        // `b` detached: its counters are gone from the totals.
+        let cur = sample(&[(2, "a", 1300)]);
+        assert_eq!(cur.packets_since(&prev)["passed"], 300);
+        // `b` attached again: its slot starts from 0.
+        let again = sample(&[(2, "a", 1400), (3, "b", 40)]);
+        assert_eq!(again.packets_since(&cur)["passed"], 140);
+        assert_eq!(again.packets_since(&prev)["passed"], 440);
+    }
 }

@@ -789,3 +789,53 @@ fn status_stats_and_top_json() -> Result<()> {
     fw.ok(&["top"])?;
     Ok(())
 }
+
+/// `stats --watch` while an interface with traffic is detached: its counters leave the
+/// totals, which must never show up as a negative (wrapped) rate.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn stats_watch_survives_a_detach() -> Result<()> {
+    let host = Host::new("ctw")?;
+    let fw = host.attached()?;
+    fw.ok(&["attach", "lo", "--mode", "skb"])?;
+    // Traffic on lo (inside the host's namespace), counted by the filter on lo.
+    let sent = floodwall_tests::netns::run_in(&host.ns, || -> Result<usize> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        for _ in 0..2_000 {
+            socket.send_to(&[0u8; 32], "127.0.0.1:9")?;
+        }
+        Ok(2_000)
+    })??;
+    let stats = fw.json(&["stats", "--json"])?;
+    ensure!(
+        stats["totals"]["passed"]["packets"].as_u64().unwrap_or(0) >= sent as u64,
+        "the traffic on lo was not counted: {stats}"
+    );
+    let mut watch = fw
+        .command(&["stats", "--watch", "1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting stats --watch")?;
+    std::thread::sleep(Duration::from_millis(1500));
+    fw.ok(&["detach", "lo"])?;
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = watch.kill();
+    let out = wait_output(watch, COMMAND_TIMEOUT)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("stats --watch printed: {text}"))?;
+    ensure!(lines.len() >= 3, "only {} samples: {text}", lines.len());
+    for line in &lines {
+        for (reason, rate) in line["pps"].as_object().context("no pps")? {
+            let rate = rate.as_f64().unwrap_or(f64::NAN);
+            ensure!(
+                (0.0..1e9).contains(&rate),
+                "{reason} at {rate}/s after the detach: {text}"
+            );
+        }
+    }
+    Ok(())
+}

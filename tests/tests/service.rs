@@ -929,3 +929,61 @@ fn memory_stays_bounded_under_a_random_source_flood() -> Result<()> {
     service.ok = true;
     Ok(())
 }
+
+/// A pid file left by a killed service may name an unrelated process by now: `reload` must
+/// never signal it, and `run` must start.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_stale_pid_file_is_never_trusted() -> Result<()> {
+    let net = Net::new(0)?;
+    let fw = Floodwall::new(Some(&net.server))?;
+    write_config(&fw, &config_text(0, 20))?;
+    fw.ok(&["attach", net.server_if()])?;
+    // An unrelated process with the pid a killed service left behind.
+    let mut bystander = std::process::Command::new("sleep").arg("30").spawn()?;
+    std::fs::write(
+        fw.state_dir().join("run.pid"),
+        format!("{}\n", bystander.id()),
+    )?;
+    let reload = fw.ok(&["reload"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = bystander.try_wait()?.is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    let reload = reload?;
+    ensure!(
+        alive,
+        "floodwall reload signalled an unrelated process named by a stale run.pid"
+    );
+    ensure!(
+        !reload.contains("told floodwall run"),
+        "reload claims to have signalled a service: {reload}"
+    );
+    let mut service = Service::start(&fw, net.server_if(), &[], "stale")?;
+    service.terminate()?;
+    service.ok = true;
+    Ok(())
+}
+
+/// `detach --all` leaves a service that protects nothing: it exits non-zero, so a service
+/// manager restarts it and it attaches again.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_service_exits_non_zero_when_floodwall_is_detached() -> Result<()> {
+    let net = Net::new(0)?;
+    let fw = Floodwall::new(Some(&net.server))?;
+    write_config(&fw, &config_text(0, 20))?;
+    let mut service = Service::start(&fw, net.server_if(), &[], "detached")?;
+    fw.ok(&["detach", "--all"])?;
+    let status = service.wait_exit(Duration::from_secs(10))?;
+    ensure!(
+        matches!(status, Some(s) if !s.success()),
+        "after detach --all the service: {status:?}"
+    );
+    ensure!(
+        service.log_text().contains("detached from every interface"),
+        "no reason in the log"
+    );
+    service.ok = true;
+    Ok(())
+}
