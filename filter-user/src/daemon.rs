@@ -190,6 +190,7 @@ fn serve(
     let mut events = kernel::open_events(paths)?;
     let sources = kernel::open_sources(paths)?;
     let mut watch = Watch::new(file.service.clone(), Arc::clone(&counters));
+    watch.read_prefixes(paths);
     let mut last_tick = Instant::now();
     while !term.load(Ordering::Relaxed) {
         if hup.swap(false, Ordering::Relaxed) {
@@ -211,7 +212,7 @@ fn serve(
             if item.len() >= std::mem::size_of::<DropEvent>() {
                 // SAFETY: the kernel writes whole `DropEvent`s; read_unaligned copies it out.
                 let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) };
-                watch.event(&event, &file.limits, &sources);
+                watch.event(&event, &sources);
             }
             handled += 1;
         }
@@ -223,7 +224,7 @@ fn serve(
                 let _ = server.join();
                 return Err(DaemonError::Detached);
             }
-            watch.tick(paths, &sources, file);
+            watch.tick(paths, &sources);
         }
         std::thread::sleep(POLL);
     }
@@ -261,6 +262,9 @@ struct Watch {
     next_expiry: Option<u64>,
     /// Its allowlist (entries in force then), so bans need not read the whole state.
     allowlist: Vec<(Cidr, Option<u64>)>,
+    /// The source prefixes (IPv4, IPv6) the kernel keys state by, as the live config has them
+    /// (`limit set` changes them without the config file): bans must key sources the same way.
+    prefixes: (u32, u32),
     /// The `auto` SYN challenge and the counters it was last decided on.
     syn_auto: crate::syncookies::AutoSwitch,
     syn_seen: Option<(u64, u64, u64)>,
@@ -282,8 +286,15 @@ impl Watch {
             state_seen: None,
             next_expiry: None,
             allowlist: Vec::new(),
+            prefixes: (32, 64),
             syn_auto: crate::syncookies::AutoSwitch::default(),
             syn_seen: None,
+        }
+    }
+
+    fn read_prefixes(&mut self, paths: &Paths) {
+        if let Ok(config) = kernel::read_config(paths) {
+            self.prefixes = (config.prefix4, config.prefix6);
         }
     }
 
@@ -362,7 +373,7 @@ impl Watch {
         self.log_budget = self.service.log_lines_per_sec;
     }
 
-    fn event(&mut self, event: &DropEvent, limits: &crate::limits::Limits, sources: &SourceMap) {
+    fn event(&mut self, event: &DropEvent, sources: &SourceMap) {
         self.counters.events.fetch_add(1, Ordering::Relaxed);
         self.roll_log_second();
         let raw = SourceKey {
@@ -390,9 +401,9 @@ impl Watch {
         {
             let mut key = raw;
             let prefix = if key.family == FAMILY_V4 {
-                limits.prefix4
+                self.prefixes.0
             } else {
-                limits.prefix6
+                self.prefixes.1
             };
             mask_prefix(&mut key.addr, prefix);
             // Its drop count now: only drops after this one count towards a ban.
@@ -402,8 +413,9 @@ impl Watch {
         }
     }
 
-    fn tick(&mut self, paths: &Paths, sources: &SourceMap, file: &FileConfig) {
+    fn tick(&mut self, paths: &Paths, sources: &SourceMap) {
         self.roll_log_second();
+        self.read_prefixes(paths);
         let now = unix_now();
         self.sweep(paths, now);
         if self.service.bans.enabled {
@@ -418,7 +430,7 @@ impl Watch {
                 }
             }
             if !bans.is_empty() {
-                self.ban(paths, &bans, file);
+                self.ban(paths, &bans);
             }
         }
         self.alerts(paths);
@@ -472,7 +484,7 @@ impl Watch {
     /// source (each update rewrites the whole state file). Allowlisted sources are skipped
     /// (the allowlist as [`Watch::sweep`] last read it: the kernel checks the allowlist
     /// before the blocklist, so a ban racing an allowlist change has no effect anyway).
-    fn ban(&mut self, paths: &Paths, bans: &[Ban], file: &FileConfig) {
+    fn ban(&mut self, paths: &Paths, bans: &[Ban]) {
         let now = unix_now();
         let allowlisted = |addr: &IpAddr| {
             self.allowlist
@@ -483,8 +495,8 @@ impl Watch {
         for ban in bans {
             let addr = source_addr(&ban.key);
             let prefix = match addr {
-                IpAddr::V4(_) => file.limits.prefix4,
-                IpAddr::V6(_) => file.limits.prefix6,
+                IpAddr::V4(_) => self.prefixes.0,
+                IpAddr::V6(_) => self.prefixes.1,
             };
             let Ok(cidr) = Cidr::new(addr, prefix as u8) else {
                 continue;

@@ -987,3 +987,43 @@ fn the_service_exits_non_zero_when_floodwall_is_detached() -> Result<()> {
     service.ok = true;
     Ok(())
 }
+
+/// `limit set --prefix4` while the service runs: the kernel keys sources by the new prefix,
+/// and the service's bans must follow it (they looked sources up by the config file's prefix
+/// and found nothing, so no ban was ever made).
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn bans_follow_a_live_prefix_change() -> Result<()> {
+    let net = Net::new(0)?;
+    let _sink = udp_sink(&net.server, net.server_addr()?)?;
+    let fw = Floodwall::new(Some(&net.server))?;
+    write_config(&fw, &config_text(20, 20))?;
+    let mut service = Service::start(&fw, net.server_if(), &[], "prefix")?;
+    // A /31 (10.230.0.2-3): a wider prefix would hold the server's own address, which is
+    // never banned.
+    fw.ok(&["limit", "set", "--prefix4", "31"])?;
+    let flood = Flood::start(
+        &net.client,
+        &[ip(CLIENT4)?],
+        net.server_addr()?,
+        300,
+        Duration::from_secs(20),
+    )?;
+    let start = Instant::now();
+    let mut banned = None;
+    while banned.is_none() && start.elapsed() < Duration::from_secs(15) {
+        banned = block_list(&fw)?
+            .into_iter()
+            .find(|e| e["cidr"] == "10.230.0.2/31");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    flood.stop();
+    ensure!(
+        banned.is_some(),
+        "no ban of 10.230.0.2/31 within 15 s of a flood over its limit: {:?}",
+        block_list(&fw)?
+    );
+    service.terminate()?;
+    service.ok = true;
+    Ok(())
+}
