@@ -779,14 +779,42 @@ fn status_stats_and_top_json() -> Result<()> {
     let text = fw.ok(&["stats"])?;
     ensure!(text.contains("blocklist"), "{text}");
 
+    // Five sources with limiter state, each sending a different number of packets (on lo in
+    // the host's namespace, where 127.0.0.0/8 is local): `top` must rank and cut them.
+    fw.ok(&["attach", "lo", "--mode", "skb"])?;
+    fw.ok(&["limit", "set", "--pps", "100000"])?;
+    floodwall_tests::netns::run_in(&host.ns, || -> Result<()> {
+        // A bound receiver, so nothing is answered (an ICMP error would be a frame too).
+        let sink = std::net::UdpSocket::bind("127.0.0.9:0")?;
+        for i in 1..=5u8 {
+            let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 0, i), 0))?;
+            for _ in 0..u32::from(i) * 20 {
+                socket.send_to(&[0u8; 16], sink.local_addr()?)?;
+            }
+        }
+        Ok(())
+    })??;
     let top = fw.json(&["top", "--json"])?;
-    ensure!(top.is_array(), "top --json: {top}");
-    let top = fw.json(&["top", "-n", "3", "--json"])?;
+    let all = top.as_array().context("top --json is not an array")?;
+    let sources: Vec<&str> = all.iter().filter_map(|s| s["source"].as_str()).collect();
+    for i in 1..=5 {
+        let want = format!("127.0.0.{i}");
+        ensure!(sources.contains(&want.as_str()), "{want} not in top: {top}");
+    }
     ensure!(
-        top.as_array().is_some_and(|a| a.len() <= 3),
-        "top -n 3: {top}"
+        all.first().and_then(|s| s["source"].as_str()) == Some("127.0.0.5"),
+        "the heaviest source (127.0.0.5, 100 packets) is not first: {top}"
     );
-    fw.ok(&["top"])?;
+    let top3 = fw.json(&["top", "-n", "3", "--json"])?;
+    ensure!(
+        top3.as_array().is_some_and(|a| a.len() == 3),
+        "top -n 3: {top3}"
+    );
+    ensure!(
+        fw.ok(&["top"])?.contains("127.0.0.5"),
+        "the table misses the heaviest source"
+    );
+    fw.ok(&["detach", "lo"])?;
     Ok(())
 }
 
