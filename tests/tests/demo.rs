@@ -261,6 +261,23 @@ fn demo_protects_the_client_and_cleans_up() -> Result<()> {
             run.stdout
         );
     }
+    // The SYN flood: with the challenge on, new clients connect (the run with it off is only
+    // reported: how many it sheds depends on how fast the flood is).
+    let new_clients = summary
+        .get("synflood_on_new_clients")
+        .with_context(|| format!("summary has no synflood_on_new_clients: {summary:?}"))?;
+    ensure!(
+        *new_clients >= 90.0,
+        "synflood_on_new_clients = {new_clients}%: with the SYN challenge on, new clients must \
+         connect during the flood\n{}",
+        run.stdout
+    );
+    ensure!(
+        summary
+            .get("synflood_on_challenged")
+            .is_some_and(|n| *n > 0.0),
+        "no SYN was answered from XDP: {summary:?}"
+    );
     for key in ["blocklist_dropped", "over_pps_dropped", "newcomer_dropped"] {
         let dropped = summary
             .get(key)

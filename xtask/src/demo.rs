@@ -19,6 +19,8 @@
 //! same in both phases). Phase 2 turns dry-run off: same policy, same floods. A table line a
 //! second shows the client's success, pps per reason and the top sources; the summary compares
 //! the phases and ends with one `demo summary:` line of `key=value` pairs (read by the test).
+//! A last part floods the server with spoofed SYNs while clients it has never seen open TCP
+//! connections, once with the SYN challenge off and once with it on.
 //!
 //! Network rule: traffic flows only between the namespaces made here, over the veth pairs made
 //! here (created directly inside the namespaces, never in the root namespace). No namespace
@@ -447,7 +449,28 @@ fn run_demo(args: &Args) -> Result<()> {
         Ok(outcome)
     })?;
     check_stop()?;
-    let filtered_ok = print_summary(&shared, &outcome, &plan);
+    let peer_state = state.path.join("client");
+    std::fs::create_dir_all(&peer_state)
+        .with_context(|| format!("creating {}", peer_state.display()))?;
+    let mut peer = Floodwall {
+        bin: fw.bin.clone(),
+        ns: client.name.clone(),
+        bpffs: bpffs.path.join("client"),
+        state: peer_state,
+        attached: false,
+    };
+    let syn = syn_flood_part(
+        &server,
+        &client,
+        &attacker,
+        &to_client,
+        &to_attacker,
+        &fw,
+        &mut peer,
+    )?;
+    drop(peer);
+    check_stop()?;
+    let filtered_ok = print_summary(&shared, &outcome, &plan, &syn);
 
     if args.keep {
         print_keep(&fw, &[&server, &client, &attacker]);
@@ -810,7 +833,7 @@ fn percent_floor(ok: u64, sent: u64) -> String {
 }
 
 /// Prints the summary; false if the filter did not keep the client served.
-fn print_summary(shared: &Shared, outcome: &Outcome, plan: &Plan) -> bool {
+fn print_summary(shared: &Shared, outcome: &Outcome, plan: &Plan, syn: &[SynRound; 2]) -> bool {
     let cell = |(sent, ok): (u64, u64)| format!("{} ({ok}/{sent})", percent(ok, sent));
     let attack_slots = |phase: Phase| ATTACKS.map(|step| slot(phase, step));
     let phase_slots = |phase: Phase| STEPS.map(|step| slot(phase, step));
@@ -948,6 +971,20 @@ fn print_summary(shared: &Shared, outcome: &Outcome, plan: &Plan) -> bool {
     for reason in ["blocklist", "over_pps", "newcomer"] {
         fields.push(format!("{reason}_dropped={}", get(Phase::Filtered, reason)));
     }
+    let [off, on] = syn;
+    println!(
+        "\n== SYN flood: new TCP clients connected: {}/{SYN_CLIENTS} with the challenge off \
+         ({} SYNs in {SYN_ROUND_SECS} s), {}/{SYN_CLIENTS} with it on ({} SYNs, {} answered \
+         from XDP with a SYN cookie)",
+        off.connected, off.flood_sent, on.connected, on.flood_sent, on.challenged
+    );
+    for (key, round) in [("synflood_off", off), ("synflood_on", on)] {
+        fields.push(format!(
+            "{key}_new_clients={}%",
+            percent_floor(u64::from(round.connected), u64::from(SYN_CLIENTS))
+        ));
+    }
+    fields.push(format!("synflood_on_challenged={}", on.challenged));
     println!("demo summary: {}", fields.join(" "));
     ok
 }
@@ -1606,4 +1643,245 @@ impl Drop for StateDir {
             eprintln!("demo: cleanup: removing {}: {e}", self.path.display());
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SYN flood: clients the server has never seen open TCP connections during a spoofed SYN
+// flood, with the SYN challenge off and then on.
+
+const SYN_PORT: u16 = 8443;
+/// New client addresses per round, each connecting once.
+const SYN_CLIENTS: u8 = 20;
+const SYN_ROUND_SECS: u64 = 6;
+/// A client's connect must succeed within this.
+const SYN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// New client `i`: 10.77.1.100 onwards, on the client's veth.
+fn syn_client(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 1, 100 + i)
+}
+
+/// What one round of the SYN flood did.
+struct SynRound {
+    connected: u32,
+    flood_sent: u64,
+    challenged: u64,
+}
+
+/// Both rounds: the challenge off, then on. `fw` is the server's floodwall; the client end
+/// gets a floodwall of its own in dry-run (`peer`), only because a veth delivers the frames
+/// the server sends back with `XDP_TX` to a peer that runs XDP.
+fn syn_flood_part(
+    server: &Netns,
+    client: &Netns,
+    attacker: &Netns,
+    to_client: &Link,
+    to_attacker: &Link,
+    fw: &Floodwall,
+    peer: &mut Floodwall,
+) -> Result<[SynRound; 2]> {
+    for i in 0..2 * SYN_CLIENTS {
+        let addr = syn_client(i);
+        client.ip(&["addr", "add", &format!("{addr}/24"), "dev", &to_client.b_if])?;
+        neigh(server, &to_client.a_if, addr, &to_client.b_mac)?;
+    }
+    // Complete checksums, as a real wire delivers them (veth would send partial ones).
+    util::output(Command::new("ip").args([
+        "netns",
+        "exec",
+        &client.name,
+        "ethtool",
+        "-K",
+        &to_client.b_if,
+        "tx",
+        "off",
+    ]))?;
+    peer.attached = true;
+    peer.run(&["attach", "--dry-run", &to_client.b_if])?;
+    println!(
+        "\n== SYN flood: spoofed SYNs from random sources to port {SYN_PORT} while {SYN_CLIENTS} \
+         new clients ({}-{}) each open one TCP connection; the newcomer budget is small, as it \
+         is against any flood much larger than it",
+        syn_client(0),
+        syn_client(SYN_CLIENTS - 1).octets()[3]
+    );
+    fw.show(&[
+        "limit",
+        "set",
+        "--new-sources",
+        "10",
+        "--newcomer-pps",
+        "100",
+    ])?;
+    let done = AtomicBool::new(false);
+    let rounds = thread::scope(|s| -> Result<[SynRound; 2]> {
+        let listener = s.spawn(|| tcp_echo(server, &done));
+        let result = (|| -> Result<[SynRound; 2]> {
+            let off = syn_round(attacker, client, to_attacker, fw, false)?;
+            let on = syn_round(attacker, client, to_attacker, fw, true)?;
+            Ok([off, on])
+        })();
+        done.store(true, Ordering::SeqCst);
+        let listener = join(listener, "TCP echo server");
+        let rounds = result?;
+        listener?;
+        Ok(rounds)
+    })?;
+    fw.show(&["limit", "set", "--syn-cookies", "off"])?;
+    Ok(rounds)
+}
+
+/// Accepts and echoes TCP connections on [`SYN_PORT`] in the server namespace until `done`.
+fn tcp_echo(server: &Netns, done: &AtomicBool) -> Result<()> {
+    server.enter()?;
+    let listener = std::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SYN_PORT))
+        .context("binding the TCP echo server")?;
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_secs(4 * SYN_ROUND_SECS + 30);
+    while !done.load(Ordering::SeqCst) && !stopped() && Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                conn.set_nonblocking(false)?;
+                conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+                let mut buf = [0u8; 64];
+                if let Ok(n) = std::io::Read::read(&mut conn, &mut buf) {
+                    let _ = std::io::Write::write_all(&mut conn, &buf[..n]);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e).context("accepting a TCP connection"),
+        }
+    }
+    Ok(())
+}
+
+fn syn_round(
+    attacker: &Netns,
+    client: &Netns,
+    to_attacker: &Link,
+    fw: &Floodwall,
+    challenge: bool,
+) -> Result<SynRound> {
+    check_stop()?;
+    let mode = if challenge { "on" } else { "off" };
+    fw.show(&["limit", "set", "--syn-cookies", mode])?;
+    let challenged_before = fw.totals()?.get("syn_challenged").copied().unwrap_or(0);
+    let sent = AtomicU64::new(0);
+    let connected = AtomicU64::new(0);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(SYN_ROUND_SECS);
+    let first = if challenge { SYN_CLIENTS } else { 0 };
+    thread::scope(|s| -> Result<()> {
+        let flood = s.spawn(|| syn_flood(attacker, to_attacker, &sent, end));
+        // The clients start once the flood is under way, spread over the round.
+        thread::sleep(Duration::from_secs(1));
+        let gap = Duration::from_secs(SYN_ROUND_SECS - 3) / u32::from(SYN_CLIENTS);
+        let mut clients = Vec::new();
+        for i in 0..SYN_CLIENTS {
+            let connected = &connected;
+            clients.push(s.spawn(move || -> Result<()> {
+                client.enter()?;
+                if tcp_client(syn_client(first + i)) {
+                    connected.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }));
+            thread::sleep(gap);
+        }
+        let mut second = 0;
+        while Instant::now() < end {
+            thread::sleep(Duration::from_secs(1));
+            second += 1;
+            println!(
+                "  [syn {mode} {second}s] flood {:>9} SYNs sent; new clients connected {:>2}/{SYN_CLIENTS}",
+                sent.load(Ordering::Relaxed),
+                connected.load(Ordering::Relaxed),
+            );
+        }
+        for c in clients {
+            join(c, "TCP client")?;
+        }
+        join(flood, "SYN flood")
+    })?;
+    let challenged = fw
+        .totals()?
+        .get("syn_challenged")
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(challenged_before);
+    Ok(SynRound {
+        connected: u32::try_from(connected.load(Ordering::Relaxed))?,
+        flood_sent: sent.load(Ordering::Relaxed),
+        challenged,
+    })
+}
+
+/// One TCP connection from `local` to the server, with an echo. Whether it worked.
+fn tcp_client(local: Ipv4Addr) -> bool {
+    let attempt = || -> Result<()> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&SocketAddr::V4(SocketAddrV4::new(local, 0)).into())?;
+        let server = SocketAddr::V4(SocketAddrV4::new(SERVER_TO_CLIENT, SYN_PORT));
+        socket.connect_timeout(&server.into(), SYN_CONNECT_TIMEOUT)?;
+        let mut stream: std::net::TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        std::io::Write::write_all(&mut stream, b"hello")?;
+        let mut buf = [0u8; 5];
+        std::io::Read::read_exact(&mut stream, &mut buf)?;
+        anyhow::ensure!(&buf == b"hello", "echo garbled");
+        Ok(())
+    };
+    attempt().is_ok()
+}
+
+/// Spoofed SYNs (with an MSS option, as every real client sends) from random sources to the
+/// server's attacker-side address, from the attacker's veth, until `end`.
+fn syn_flood(ns: &Netns, link: &Link, sent: &AtomicU64, end: Instant) -> Result<()> {
+    ns.enter()?;
+    let socket = PacketSocket::bind(&link.b_if)?;
+    let mut frame = Vec::with_capacity(58);
+    frame.extend_from_slice(&parse_mac(&link.a_mac)?);
+    frame.extend_from_slice(&parse_mac(&link.b_mac)?);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    // IPv4: 44 bytes, DF, TTL 64, TCP; addresses and checksum per packet.
+    frame.extend_from_slice(&[0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&SERVER_TO_ATTACKER.octets());
+    // TCP: ports, seq, ack, doff 6, SYN, window, checksum, urgent, MSS 1460.
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(&SYN_PORT.to_be_bytes());
+    frame.extend_from_slice(&[0; 8]);
+    frame.extend_from_slice(&[0x60, 0x02, 0xfa, 0xf0, 0, 0, 0, 0, 2, 4, 0x05, 0xb4]);
+    let mut rng = XorShift::seeded();
+    let mut count = 0u64;
+    for i in 0..MAX_FLOOD_PACKETS {
+        if i.is_multiple_of(256) && (stopped() || Instant::now() >= end) {
+            break;
+        }
+        let src = random_source(&mut rng);
+        let r = rng.next();
+        frame[26..30].copy_from_slice(&src.octets());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let sum = ipv4_checksum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+        frame[34..36].copy_from_slice(&((r as u16) | 1024).to_be_bytes());
+        frame[38..42].copy_from_slice(&((r >> 16) as u32).to_be_bytes());
+        frame[50..52].copy_from_slice(&[0, 0]);
+        let mut pseudo = Vec::with_capacity(12 + 24);
+        pseudo.extend_from_slice(&frame[26..34]);
+        pseudo.extend_from_slice(&[0, 6, 0, 24]);
+        pseudo.extend_from_slice(&frame[34..58]);
+        let sum = ipv4_checksum(&pseudo);
+        frame[50..52].copy_from_slice(&sum.to_be_bytes());
+        if socket.send(&frame) {
+            count += 1;
+            if count.is_multiple_of(256) {
+                sent.store(count, Ordering::Relaxed);
+            }
+        }
+    }
+    sent.store(count, Ordering::Relaxed);
+    Ok(())
 }
