@@ -45,19 +45,16 @@ impl Bucket {
         }
     }
 
-    /// A byte bucket of `rate` bytes per second with `burst` bytes at once.
-    /// A rate of 0 disables it; the burst is raised to one maximal frame so any frame can pass.
+    /// A byte bucket of `rate` bytes per second with `burst` bytes at once, exactly: a frame
+    /// longer than the burst never passes, so the controller refuses bursts below the largest
+    /// frame its interfaces deliver. A rate of 0 disables it; a burst of 0 is one byte.
     pub const fn bytes(rate: u64, burst: u64) -> Bucket {
         if rate == 0 {
             return Bucket::DISABLED;
         }
         let cost = ((NS_PER_SEC << BYTE_COST_SHIFT) + rate / 2) / rate;
         let cost = if cost == 0 { 1 } else { cost };
-        let burst = if burst < MAX_FRAME_LEN {
-            MAX_FRAME_LEN
-        } else {
-            burst
-        };
+        let burst = if burst == 0 { 1 } else { burst };
         Bucket {
             cost,
             // Not `byte_cost`: the burst may exceed one frame.

@@ -122,7 +122,14 @@ pub fn attach(
             limits.dry_run = true;
         }
         limits.validate()?;
-        kernel::write_config(paths, &limits.to_config(list_bits(&state)))?;
+        let max_frame = ifaces
+            .iter()
+            .filter_map(|i| kernel::max_frame_of(i))
+            .chain([kernel::max_frame(paths)])
+            .max()
+            .unwrap_or(kernel::DEFAULT_MAX_FRAME);
+        limits.validate_frames(max_frame)?;
+        crate::limits::publish(paths, &limits, list_bits(&state))?;
         crate::syncookies::sync(paths, &limits)?;
         state.limits = Some(limits);
         state.save(paths)?;
@@ -152,7 +159,7 @@ pub fn attach(
             let _ = kernel::unload(paths);
         } else {
             let limits = before.limits.clone().unwrap_or_default();
-            let _ = kernel::write_config(paths, &limits.to_config(list_bits(&before)));
+            let _ = crate::limits::publish(paths, &limits, list_bits(&before));
         }
     }
     result

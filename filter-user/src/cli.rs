@@ -592,11 +592,12 @@ fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError> {
         limits.syn_ports = ports.clone();
     }
     limits.validate()?;
+    limits.validate_frames(kernel::max_frame(paths))?;
     let old = state.limits.replace(limits.clone());
-    kernel::write_config(paths, &limits.to_config(list_bits(&state)))?;
+    crate::limits::publish(paths, &limits, list_bits(&state))?;
     if let Err(e) = state.save(paths) {
         let old = old.unwrap_or_default();
-        let _ = kernel::write_config(paths, &old.to_config(list_bits(&state)));
+        let _ = crate::limits::publish(paths, &old, list_bits(&state));
         return Err(e.into());
     }
     if limits.syn_cookies != SynCookies::Auto {
@@ -604,11 +605,11 @@ fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError> {
         kernel::set_syn_auto_active(paths, false)?;
     }
     crate::syncookies::sync(paths, &limits)?;
-    print_limits(&limits);
+    print_limits(&limits, kernel::max_frame(paths));
     Ok(())
 }
 
-fn print_limits(l: &Limits) {
+fn print_limits(l: &Limits, max_frame: u64) {
     let off = |v: u64, unit: &str| {
         if v == 0 {
             "off".to_owned()
@@ -626,7 +627,7 @@ fn print_limits(l: &Limits) {
     println!(
         "per source:  {}, {}",
         with_burst(l.pps, "pps", l.effective_burst()),
-        with_burst(l.bps, "B/s", l.effective_burst_bytes())
+        with_burst(l.bps, "B/s", l.effective_burst_bytes(max_frame))
     );
     println!("source key:  IPv4 /{}, IPv6 /{}", l.prefix4, l.prefix6);
     let admission = if l.new_sources == 0 {
@@ -668,7 +669,7 @@ fn limit_show(paths: &Paths, json: bool) -> Result<(), CliError> {
     if json {
         print_json(&serde_json::to_value(&limits).map_err(|e| CliError::Output(e.into()))?)?;
     } else {
-        print_limits(&limits);
+        print_limits(&limits, kernel::max_frame(paths));
     }
     Ok(())
 }
@@ -733,7 +734,7 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
             "off"
         }
     );
-    print_limits(&limits);
+    print_limits(&limits, kernel::max_frame(paths));
     let host = match sysctl {
         Some(s) => match s.saved {
             Some(old) => format!(

@@ -142,6 +142,31 @@ pub fn ifindex(iface: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The largest frame `iface` delivers: its MTU plus an Ethernet header and two VLAN tags.
+pub fn max_frame_of(iface: &str) -> Option<u64> {
+    let mtu: u64 = fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(mtu + 14 + 8)
+}
+
+/// The largest frame any attached interface delivers; a 1500-byte MTU's when none is
+/// attached (yet) or none tells.
+pub fn max_frame(paths: &Paths) -> u64 {
+    paths
+        .links()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(iface, _, _)| max_frame_of(iface))
+        .max()
+        .unwrap_or(DEFAULT_MAX_FRAME)
+}
+
+/// A 1500-byte MTU, an Ethernet header and two VLAN tags.
+pub const DEFAULT_MAX_FRAME: u64 = 1500 + 14 + 8;
+
 pub fn ifname(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: `buf` has IF_NAMESIZE bytes, as the call requires.

@@ -111,6 +111,12 @@ pub enum LimitsError {
     TooManySynPorts(usize),
     #[error("syn_ports holds port 0, which no listener has")]
     SynPortZero,
+    #[error(
+        "burst_bytes {burst} is below the largest frame the attached interfaces deliver \
+         ({min} bytes: MTU plus Ethernet header and two VLAN tags); such frames could never \
+         pass: use at least {min}, or 0 for one second's worth"
+    )]
+    BurstBytesTooSmall { burst: u64, min: u64 },
     #[error("`{name}` = {value} is larger than the maximum {max}")]
     TooLarge {
         name: &'static str,
@@ -163,16 +169,30 @@ impl Limits {
         }
     }
 
-    pub fn effective_burst_bytes(&self) -> u64 {
+    /// The byte burst used: as given, or one second's worth but at least one frame of
+    /// `max_frame` bytes (the largest the attached interfaces deliver).
+    pub fn effective_burst_bytes(&self, max_frame: u64) -> u64 {
         if self.burst_bytes == 0 {
-            self.bps
+            self.bps.max(max_frame)
         } else {
             self.burst_bytes
         }
     }
 
-    /// The kernel's record for these limits. `lists` carries which list maps hold entries.
-    pub fn to_config(&self, lists: u32) -> Config {
+    /// Refuses a byte burst no frame of `max_frame` bytes fits in.
+    pub fn validate_frames(&self, max_frame: u64) -> Result<(), LimitsError> {
+        if self.bps != 0 && self.burst_bytes != 0 && self.burst_bytes < max_frame {
+            return Err(LimitsError::BurstBytesTooSmall {
+                burst: self.burst_bytes,
+                min: max_frame,
+            });
+        }
+        Ok(())
+    }
+
+    /// The kernel's record for these limits. `lists` carries which list maps hold entries;
+    /// `max_frame` is the largest frame the attached interfaces deliver.
+    pub fn to_config(&self, lists: u32, max_frame: u64) -> Config {
         let mut flags = 0;
         if self.dry_run {
             flags |= FLAG_DRY_RUN;
@@ -194,11 +214,11 @@ impl Limits {
             prefix4: self.prefix4,
             prefix6: self.prefix6,
             source_pkt: Bucket::packets(self.pps, self.effective_burst()),
-            source_byte: Bucket::bytes(self.bps, self.effective_burst_bytes()),
+            source_byte: Bucket::bytes(self.bps, self.effective_burst_bytes(max_frame)),
             admission: Bucket::packets(self.new_sources, self.new_sources),
             newcomer: Bucket::packets(self.newcomer_pps, self.newcomer_pps),
             global_pkt: Bucket::packets(self.global_pps, self.global_pps),
-            global_byte: Bucket::bytes(self.global_bps, self.global_bps),
+            global_byte: Bucket::bytes(self.global_bps, self.global_bps.max(max_frame)),
             events: Bucket::packets(self.events_per_sec, self.events_per_sec),
             event_interval_ns: self.event_interval_secs.saturating_mul(1_000_000_000),
             syn_ports,
@@ -206,6 +226,17 @@ impl Limits {
             _pad: 0,
         }
     }
+}
+
+/// Writes `limits` into the kernel's live config record, with the list bits `lists` and the
+/// byte bursts sized for the attached interfaces.
+pub fn publish(
+    paths: &crate::paths::Paths,
+    limits: &Limits,
+    lists: u32,
+) -> Result<(), crate::kernel::KernelError> {
+    let max_frame = crate::kernel::max_frame(paths);
+    crate::kernel::write_config(paths, &limits.to_config(lists, max_frame))
 }
 
 #[cfg(test)]
@@ -216,7 +247,7 @@ mod tests {
     fn defaults_are_valid_and_limit_nothing_per_source() {
         let l = Limits::default();
         assert_eq!(l.validate(), Ok(()));
-        let c = l.to_config(0);
+        let c = l.to_config(0, 1522);
         assert!(!c.limits_sources());
         assert!(c.malformed_drops());
         assert_eq!((c.prefix4, c.prefix6), (32, 64));
@@ -228,7 +259,7 @@ mod tests {
             pps: 500,
             ..Limits::default()
         };
-        let c = l.to_config(0);
+        let c = l.to_config(0, 1522);
         assert_eq!(c.source_pkt.rate(false), 500);
         assert_eq!(c.source_pkt.burst(false), 500);
     }
@@ -253,7 +284,7 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(l.validate(), Ok(()));
-        let c = l.to_config(0);
+        let c = l.to_config(0, 1522);
         assert!(c.syn_on() && !c.syn_auto());
         assert!(c.syn_port_covered(443) && c.syn_port_covered(22));
         assert!(!c.syn_port_covered(80));
@@ -261,10 +292,10 @@ mod tests {
             syn_cookies: SynCookies::Auto,
             ..Limits::default()
         }
-        .to_config(0);
+        .to_config(0, 1522);
         assert!(auto.syn_auto() && !auto.syn_on());
         assert!(auto.syn_port_covered(80));
-        assert!(!Limits::default().to_config(0).syn_on());
+        assert!(!Limits::default().to_config(0, 1522).syn_on());
     }
 
     #[test]
@@ -282,13 +313,42 @@ mod tests {
     }
 
     #[test]
+    fn byte_bursts_are_exact_and_never_below_a_frame() {
+        let l = Limits {
+            bps: 200_000,
+            burst_bytes: 20_000,
+            ..Limits::default()
+        };
+        assert_eq!(l.validate_frames(1522), Ok(()));
+        assert_eq!(l.to_config(0, 1522).source_byte.burst(true), 20_000);
+        let small = Limits {
+            burst_bytes: 1000,
+            ..l.clone()
+        };
+        assert_eq!(
+            small.validate_frames(1522),
+            Err(LimitsError::BurstBytesTooSmall {
+                burst: 1000,
+                min: 1522
+            })
+        );
+        // One second's worth, but never less than a frame.
+        let slow = Limits {
+            bps: 100,
+            ..Limits::default()
+        };
+        assert_eq!(slow.effective_burst_bytes(1522), 1522);
+        assert_eq!(slow.validate_frames(1522), Ok(()));
+    }
+
+    #[test]
     fn flags() {
         let l = Limits {
             dry_run: true,
             malformed: MalformedAction::Pass,
             ..Limits::default()
         };
-        let c = l.to_config(0);
+        let c = l.to_config(0, 1522);
         assert!(c.dry_run());
         assert!(!c.malformed_drops());
     }

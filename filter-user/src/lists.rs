@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::{
     cidr::Cidr,
-    kernel::{self, KernelError, ListMaps},
+    kernel::{KernelError, ListMaps},
     paths::Paths,
     state::{ListKind, Lock, Origin, Record, State, StateError, unix_now, unix_now_ns},
 };
@@ -236,14 +236,14 @@ fn apply(
     }
     let publish = || -> Result<(), ListError> {
         let limits = new_state.limits.clone().unwrap_or_default();
-        kernel::write_config(paths, &limits.to_config(list_bits(&new_state)))?;
+        crate::limits::publish(paths, &limits, list_bits(&new_state))?;
         new_state.save(paths)?;
         Ok(())
     };
     if let Err(e) = publish() {
         rollback(&mut maps);
         let limits = state.limits.clone().unwrap_or_default();
-        let _ = kernel::write_config(paths, &limits.to_config(list_bits(state)));
+        let _ = crate::limits::publish(paths, &limits, list_bits(state));
         clear_pending(paths);
         return Err(e);
     }
@@ -286,7 +286,7 @@ pub fn recover(paths: &Paths, state: &State) -> Result<(), ListError> {
     }
     write_kernel_lists(paths, state, true)?;
     let limits = state.limits.clone().unwrap_or_default();
-    kernel::write_config(paths, &limits.to_config(list_bits(state)))?;
+    crate::limits::publish(paths, &limits, list_bits(state))?;
     clear_pending(paths);
     Ok(())
 }

@@ -61,11 +61,17 @@ pub fn reload(paths: &Paths) -> Result<ReloadReport, ReloadError> {
 pub fn apply(paths: &Paths, file: &FileConfig) -> Result<bool, ReloadError> {
     let _lock = Lock::acquire(paths)?;
     let mut state = State::load(paths)?;
+    file.limits
+        .validate_frames(kernel::max_frame(paths))
+        .map_err(|source| ConfigError::Limits {
+            path: paths.config.clone(),
+            source,
+        })?;
     let old = state.limits.replace(file.limits.clone());
-    kernel::write_config(paths, &file.limits.to_config(list_bits(&state)))?;
+    crate::limits::publish(paths, &file.limits, list_bits(&state))?;
     if let Err(e) = state.save(paths) {
         let old = old.unwrap_or_default();
-        let _ = kernel::write_config(paths, &old.to_config(list_bits(&state)));
+        let _ = crate::limits::publish(paths, &old, list_bits(&state));
         return Err(e.into());
     }
     crate::syncookies::sync(paths, &file.limits)?;

@@ -605,7 +605,7 @@ mod tests {
         let cfg = Config {
             prefix4: 32,
             source_pkt: Bucket::packets(1, 1000),
-            source_byte: Bucket::bytes(1, 0),
+            source_byte: Bucket::bytes(1, 65_535),
             ..Config::default()
         };
         let p = Policy::new(cfg);

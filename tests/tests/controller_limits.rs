@@ -599,3 +599,30 @@ fn status_names_the_program_id() -> Result<()> {
     );
     Ok(())
 }
+
+/// A byte burst below the largest frame the attached interface delivers could never pass such
+/// a frame: refused, naming the minimum, and nothing changes; a burst that fits is taken as
+/// given and shown.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_byte_burst_below_one_frame_is_refused() -> Result<()> {
+    let host = Host::new("clb")?;
+    let fw = host.attached()?;
+    // The veth's MTU is 1500: frames up to 1522 bytes with two VLAN tags.
+    let args = ["limit", "set", "--bps", "200000", "--burst-bytes", "1000"];
+    refused(
+        &host,
+        &fw,
+        "limit set --burst-bytes 1000",
+        as_root(&fw, &args),
+        2,
+        &["burst_bytes 1000", "1522"],
+    )?;
+    fw.ok(&["limit", "set", "--bps", "200000", "--burst-bytes", "20000"])?;
+    let shown = fw.ok(&["limit", "show"])?;
+    ensure!(
+        shown.contains("200000 B/s (burst 20000)"),
+        "limit show: {shown}"
+    );
+    Ok(())
+}

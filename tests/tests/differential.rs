@@ -772,8 +772,9 @@ fn kernel_and_model_agree_on_random_and_mutated_frames() -> Result<()> {
         (
             "per-source pps/bps",
             Limits {
-                // The byte burst (one maximal frame, 65535 bytes) runs out before the
-                // packet burst for big frames, the packet burst first for small ones.
+                // The byte burst (one frame of the largest size a 1500-byte MTU delivers)
+                // runs out before the packet burst for big frames, the packet burst first
+                // for small ones.
                 pps: 1,
                 burst: 60,
                 bps: 1,
