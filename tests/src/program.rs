@@ -65,7 +65,7 @@ impl Loaded {
         let mut state = State::load(&self.paths)?;
         state.limits = Some(limits.clone());
         state.save(&self.paths)?;
-        floodwall::limits::publish(&self.paths, &limits, list_bits(&state))?;
+        floodwall::limits::publish(&self.paths, limits, list_bits(&state))?;
         kernel::reset_globals(&self.paths)?;
         Ok(())
     }
