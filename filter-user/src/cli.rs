@@ -17,7 +17,7 @@ use crate::{
     import::{self, ImportError},
     kernel::{self, AttachMode, KernelError},
     limits::{Limits, LimitsError, MalformedAction, SynCookies},
-    lists::{self, AddOptions, ListError, list_bits},
+    lists::{self, AddOptions, ListError},
     paths::{Paths, PathsError},
     state::{ListKind, Lock, Origin, State, StateError, unix_now_ns},
     stats::{self, Stats},
@@ -593,13 +593,9 @@ fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError> {
     }
     limits.validate()?;
     limits.validate_frames(kernel::max_frame(paths))?;
-    let old = state.limits.replace(limits.clone());
-    crate::limits::publish(paths, &limits, list_bits(&state))?;
-    if let Err(e) = state.save(paths) {
-        let old = old.unwrap_or_default();
-        let _ = crate::limits::publish(paths, &old, list_bits(&state));
-        return Err(e.into());
-    }
+    // A change a killed command left half-done is finished first.
+    lists::recover(paths, &state)?;
+    lists::change_limits(paths, &mut state, &limits)?;
     if limits.syn_cookies != SynCookies::Auto {
         // Only the service switches `auto`; any other mode leaves nothing switched.
         kernel::set_syn_auto_active(paths, false)?;

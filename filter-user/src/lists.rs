@@ -291,6 +291,35 @@ pub fn recover(paths: &Paths, state: &State) -> Result<(), ListError> {
     Ok(())
 }
 
+/// Changes the limits as one transaction, under the caller's lock: the change marker first,
+/// then the store, then the kernel, then the marker goes. A command killed anywhere in
+/// between leaves the marker, and the next command makes the kernel match the store, which
+/// holds either the old limits or the new (never the kernel on limits the store does not
+/// have, which the next list change would silently revert). If the kernel refuses, the store
+/// goes back to the old limits.
+pub fn change_limits(
+    paths: &Paths,
+    state: &mut State,
+    limits: &crate::limits::Limits,
+) -> Result<(), ListError> {
+    mark_pending(paths)?;
+    let old = state.limits.replace(limits.clone());
+    if let Err(e) = state.save(paths) {
+        state.limits = old;
+        clear_pending(paths);
+        return Err(e.into());
+    }
+    if let Err(e) = crate::limits::publish(paths, limits, list_bits(state)) {
+        state.limits = old;
+        if state.save(paths).is_ok() {
+            clear_pending(paths);
+        }
+        return Err(e.into());
+    }
+    clear_pending(paths);
+    Ok(())
+}
+
 fn loaded_state(paths: &Paths) -> Result<(Lock, State), ListError> {
     if !paths.is_loaded() {
         return Err(KernelError::NotLoaded.into());

@@ -6,7 +6,6 @@ use thiserror::Error;
 use crate::{
     config::{ConfigError, FileConfig},
     kernel::{self, KernelError},
-    lists::list_bits,
     paths::Paths,
     state::{Lock, State, StateError},
 };
@@ -21,6 +20,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    List(#[from] crate::lists::ListError),
 }
 
 impl ReloadError {
@@ -67,13 +68,8 @@ pub fn apply(paths: &Paths, file: &FileConfig) -> Result<bool, ReloadError> {
             path: paths.config.clone(),
             source,
         })?;
-    let old = state.limits.replace(file.limits.clone());
-    crate::limits::publish(paths, &file.limits, list_bits(&state))?;
-    if let Err(e) = state.save(paths) {
-        let old = old.unwrap_or_default();
-        let _ = crate::limits::publish(paths, &old, list_bits(&state));
-        return Err(e.into());
-    }
+    crate::lists::recover(paths, &state)?;
+    crate::lists::change_limits(paths, &mut state, &file.limits)?;
     crate::syncookies::sync(paths, &file.limits)?;
     let fill = kernel::map_fill(paths)?;
     let capacity = |name: &str| fill.iter().find(|m| m.name == name).map(|m| m.capacity);

@@ -145,3 +145,85 @@ fn sigkill_during_import_loses_nothing_and_leaves_nothing_half_done() -> Result<
     println!("outcomes per kill: {outcomes:?}");
     Ok(())
 }
+
+/// The kernel's live per-source packet rate, read directly from the pinned config (no
+/// floodwall command, so no recovery runs first).
+fn raw_kernel_pps(fw: &Floodwall<'_>) -> Result<u64> {
+    let data = MapData::from_pin(fw.pin_dir().join(filter_common::MAP_CONFIG))?;
+    let config: aya::maps::Array<MapData, filter_common::Config> =
+        aya::maps::Array::try_from(Map::from_map_data(data)?)?;
+    Ok(config.get(&0, 0)?.source_pkt.rate(false))
+}
+
+/// `limit set` killed at any point never leaves the kernel on limits the store does not
+/// hold once the next command has run. A large store makes the window between writing the
+/// kernel and saving the store wide enough to hit.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn sigkill_during_limit_set_leaves_kernel_and_store_agreeing() -> Result<()> {
+    let ns = Netns::new("crl")?;
+    let peer = Netns::new("crlp")?;
+    let veth = VethPair::new(
+        &peer,
+        &ns,
+        "10.214.0.2/24",
+        "10.214.0.1/24",
+        "fd00:214::2/64",
+        "fd00:214::1/64",
+    )?;
+    let fw = Floodwall::new(Some(&ns))?;
+    fw.ok(&["attach", veth.b_name(), "--mode", "native"])?;
+    let entries = 200_000u32;
+    let mut text = String::with_capacity(entries as usize * 16);
+    for i in 0..entries {
+        let a = 0x0b00_0000 + i;
+        writeln!(
+            text,
+            "{}.{}.{}.{}",
+            a >> 24,
+            (a >> 16) & 255,
+            (a >> 8) & 255,
+            a & 255
+        )?;
+    }
+    let file = fw.state_dir().join("big.txt");
+    std::fs::write(&file, text)?;
+    fw.ok(&[
+        "block",
+        "import",
+        file.to_str().context("path is not UTF-8")?,
+    ])?;
+    let started = std::time::Instant::now();
+    fw.ok(&["limit", "set", "--pps", "1000"])?;
+    println!(
+        "limit set with {entries} entries stored: {:?}",
+        started.elapsed()
+    );
+    let mut disagreements = Vec::new();
+    // Spread over the whole command (about 1.3 s here with this store).
+    for (i, delay_ms) in (0..40u64).map(|i| (i, 20 + i * 35)).collect::<Vec<_>>() {
+        let pps = (2000 + i).to_string();
+        let mut child = fw.command(&["limit", "set", "--pps", &pps]).spawn()?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill()?;
+        let status = child.wait()?;
+        // Any command finds a change a kill left half-done and finishes it.
+        fw.ok(&["status"])?;
+        let stored = fw.json(&["limit", "show", "--json"])?["pps"]
+            .as_u64()
+            .context("limit show has no pps")?;
+        let kernel = raw_kernel_pps(&fw)?;
+        println!("killed after {delay_ms} ms ({status}): kernel {kernel} pps, store {stored}");
+        if kernel != stored {
+            disagreements.push(format!(
+                "killed after {delay_ms} ms ({status}): kernel {kernel} pps, store {stored}"
+            ));
+        }
+    }
+    ensure!(
+        disagreements.is_empty(),
+        "the kernel and the store disagree after a killed limit set:\n{}",
+        disagreements.join("\n")
+    );
+    Ok(())
+}
