@@ -104,13 +104,14 @@ pub fn attach(
     let had_state = paths.state_file().exists();
     let loaded_now = !paths.is_loaded();
     if loaded_now {
+        // Until the lists and limits are in: a kill before then leaves a filter with part of
+        // the blocklist, which the next command must complete rather than believe.
+        lists::mark_pending(paths)?;
         kernel::load(paths, &file.capacity)?;
     }
     let result = (|| -> Result<Vec<(String, AttachMode)>, AttachError> {
         if loaded_now {
             lists::restore(paths, &state)?;
-            // Freshly restored from the state: nothing half-applied can remain.
-            let _ = std::fs::remove_file(paths.pending_file());
         } else {
             lists::recover(paths, &state)?;
         }
@@ -129,10 +130,10 @@ pub fn attach(
             .max()
             .unwrap_or(kernel::DEFAULT_MAX_FRAME);
         limits.validate_frames(max_frame)?;
-        crate::limits::publish(paths, &limits, list_bits(&state))?;
+        // The store, then the kernel; the change marker (set above for a first load) goes
+        // only when both hold the lists and the limits.
+        lists::change_limits(paths, &mut state, &limits)?;
         crate::syncookies::sync(paths, &limits)?;
-        state.limits = Some(limits);
-        state.save(paths)?;
         let mut done = Vec::new();
         for iface in ifaces {
             match kernel::attach(paths, iface, options.mode) {
@@ -157,6 +158,7 @@ pub fn attach(
         }
         if loaded_now {
             let _ = kernel::unload(paths);
+            lists::clear_pending(paths);
         } else {
             let limits = before.limits.clone().unwrap_or_default();
             let _ = crate::limits::publish(paths, &limits, list_bits(&before));

@@ -252,7 +252,7 @@ fn apply(
     Ok(())
 }
 
-fn mark_pending(paths: &Paths) -> Result<(), ListError> {
+pub fn mark_pending(paths: &Paths) -> Result<(), ListError> {
     std::fs::write(paths.pending_file(), b"").map_err(|source| {
         ListError::State(StateError::Write {
             path: paths.pending_file(),
@@ -262,7 +262,7 @@ fn mark_pending(paths: &Paths) -> Result<(), ListError> {
 }
 
 /// Only called once the kernel and the state agree again.
-fn clear_pending(paths: &Paths) {
+pub fn clear_pending(paths: &Paths) {
     // If this fails the next command reconciles once more, which changes nothing.
     let _ = std::fs::remove_file(paths.pending_file());
 }
@@ -442,16 +442,18 @@ pub fn restore(paths: &Paths, state: &State) -> Result<(), ListError> {
     write_kernel_lists(paths, state, false)
 }
 
-/// Writes every record of `state` into the kernel maps, exact hosts in batches. With `prune`,
-/// entries the state does not hold are removed first. Expired records go in as expired
-/// (`kernel_entry`), so they never match; the next change sweeps them.
+/// Writes every live record of `state` into the kernel maps, exact hosts in batches. With
+/// `prune`, entries the state does not hold live are removed first. Expired records stay out
+/// (the next change sweeps them from the state too).
 fn write_kernel_lists(paths: &Paths, state: &State, prune: bool) -> Result<(), ListError> {
     let (unow, mnow) = (unix_now_ns(), mono_now_ns());
+    let now = unix_now();
     for kind in [ListKind::Allow, ListKind::Block] {
         let mut maps = ListMaps::open(paths, kind)?;
+        let live = |cidr: &Cidr| state.list(kind).get(cidr).is_some_and(|r| !r.expired(now));
         if prune {
             for cidr in maps.entries()? {
-                if !state.list(kind).contains_key(&cidr) {
+                if !live(&cidr) {
                     maps.remove(&cidr)?;
                 }
             }
@@ -459,6 +461,7 @@ fn write_kernel_lists(paths: &Paths, state: &State, prune: bool) -> Result<(), L
         let entries: Vec<(Cidr, ListEntry)> = state
             .list(kind)
             .values()
+            .filter(|r| !r.expired(now))
             .map(|r| (r.cidr, kernel_entry(r, unow, mnow)))
             .collect();
         maps.insert_all(&entries, &|_| {})?;

@@ -227,3 +227,95 @@ fn sigkill_during_limit_set_leaves_kernel_and_store_agreeing() -> Result<()> {
     );
     Ok(())
 }
+
+/// Whether `addr` is in the kernel's IPv4 host blocklist map, read directly.
+fn raw_kernel_has(fw: &Floodwall<'_>, addr: [u8; 4]) -> Result<bool> {
+    let data = MapData::from_pin(fw.pin_dir().join(MAP_BLOCK4_HOST))?;
+    let map: HashMap<MapData, [u8; 4], ListEntry> = HashMap::try_from(Map::from_map_data(data)?)?;
+    Ok(map.get(&addr, 0).is_ok())
+}
+
+/// The first attach loads the program and then restores the lists: killed in between, it
+/// used to leave a filter with part of the blocklist and nothing to say so, which the next
+/// command believed. Expired records are not restored at all.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn sigkill_during_the_first_attach_leaves_nothing_half_restored() -> Result<()> {
+    let ns = Netns::new("cra")?;
+    let peer = Netns::new("crap")?;
+    let veth = VethPair::new(
+        &peer,
+        &ns,
+        "10.215.0.2/24",
+        "10.215.0.1/24",
+        "fd00:215::2/64",
+        "fd00:215::1/64",
+    )?;
+    let fw = Floodwall::new(Some(&ns))?;
+    let iface = veth.b_name().to_owned();
+    fw.ok(&["attach", &iface, "--mode", "native"])?;
+    let entries = 50_000u32;
+    let mut text = String::with_capacity(entries as usize * 16);
+    for i in 0..entries {
+        let a = 0x0b00_0000 + i;
+        writeln!(
+            text,
+            "{}.{}.{}.{}",
+            a >> 24,
+            (a >> 16) & 255,
+            (a >> 8) & 255,
+            a & 255
+        )?;
+    }
+    let file = fw.state_dir().join("big.txt");
+    std::fs::write(&file, text)?;
+    fw.ok(&[
+        "block",
+        "import",
+        file.to_str().context("path is not UTF-8")?,
+    ])?;
+    fw.ok(&["block", "add", "192.0.2.77", "--ttl", "1s"])?;
+    std::thread::sleep(Duration::from_millis(2100));
+    fw.ok(&["detach", "--all"])?;
+    let started = std::time::Instant::now();
+    fw.ok(&["attach", &iface, "--mode", "native"])?;
+    let took = started.elapsed();
+    println!("first attach with {entries} entries stored: {took:?}");
+    ensure!(
+        !raw_kernel_has(&fw, [192, 0, 2, 77])?,
+        "an expired record was restored into the kernel"
+    );
+    fw.ok(&["detach", "--all"])?;
+    let steps = 20u32;
+    let mut disagreements = Vec::new();
+    for i in 0..steps {
+        let delay = took * i / steps;
+        let mut child = fw
+            .command(&["attach", &iface, "--mode", "native"])
+            .spawn()?;
+        std::thread::sleep(delay);
+        child.kill()?;
+        child.wait()?;
+        // Any command finds a change a kill left half-done and finishes it.
+        let status = fw.run(&["status", "--json"])?;
+        let loaded = fw.pin_dir().join("prog").exists();
+        if loaded {
+            let kernel = raw_kernel_block_hosts(&fw)?;
+            let listed = block_count(&fw)?;
+            println!("killed after {delay:?}: kernel {kernel} hosts, list {listed}");
+            if kernel != listed {
+                disagreements.push(format!(
+                    "killed after {delay:?}: kernel {kernel} host entries, list {listed} ({})",
+                    String::from_utf8_lossy(&status.stderr).trim()
+                ));
+            }
+            fw.ok(&["detach", "--all"])?;
+        }
+    }
+    ensure!(
+        disagreements.is_empty(),
+        "after a killed first attach the kernel and the list disagree:\n{}",
+        disagreements.join("\n")
+    );
+    Ok(())
+}
