@@ -850,9 +850,15 @@ fn top(paths: &Paths, n: usize, json: bool) -> Result<(), CliError> {
             &serde_json::to_value(&sources).map_err(|e| CliError::Output(e.into()))?,
         );
     }
-    println!("{:<43} {:>14} {:>14}", "SOURCE", "PASSED", "DROPPED");
+    println!(
+        "{:<43} {:>14} {:>14} {:>10}",
+        "SOURCE", "PASSED", "DROPPED", "SYN_PROVEN"
+    );
     for s in &sources {
-        println!("{:<43} {:>14} {:>14}", s.source, s.passed, s.dropped);
+        println!(
+            "{:<43} {:>14} {:>14} {:>10}",
+            s.source, s.passed, s.dropped, s.syn_proven
+        );
     }
     if sources.is_empty() {
         println!(

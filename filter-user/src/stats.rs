@@ -119,6 +119,8 @@ pub struct SourceStats {
     pub source: String,
     pub passed: u64,
     pub dropped: u64,
+    /// Valid SYN cookies it returned while it had no state (the SYN challenge admitted it).
+    pub syn_proven: u64,
 }
 
 pub fn source_addr(key: &SourceKey) -> IpAddr {
@@ -157,6 +159,7 @@ pub fn top(
                 source,
                 passed: state.passed,
                 dropped: state.dropped,
+                syn_proven: state.proven,
             }
         })
         .collect();

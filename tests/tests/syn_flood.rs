@@ -328,6 +328,20 @@ fn new_clients_connect_through_a_spoofed_syn_flood() -> Result<()> {
         let challenged_before = counted(&fw, "syn_challenged")?;
         let on = round(&net, v4)?;
         let challenged = counted(&fw, "syn_challenged")? - challenged_before;
+        let top = fw.json(&["top", "-n", "100000", "--json"])?;
+        let proven = top.as_array().map_or(0, |s| {
+            s.iter()
+                .filter(|s| s["syn_proven"].as_u64() >= Some(1))
+                .count()
+        });
+        // The clients that got in with the challenge off have state already: never challenged.
+        ensure!(
+            proven + off.connected >= on.connected,
+            "{family}: top shows {proven} sources proven by a cookie, {} clients connected ({} \
+             known from the run without the challenge)",
+            on.connected,
+            off.connected
+        );
         let line = format!(
             "{family}: challenge off {}/{CLIENTS} connected ({:.0} SYN/s); on {}/{CLIENTS} connected ({:.0} SYN/s, {challenged} answered from XDP)",
             off.connected,
