@@ -6,4 +6,5 @@ pub mod pktgen;
 pub mod program;
 pub mod receivers;
 pub mod service;
+pub mod synflood;
 pub mod traffic;

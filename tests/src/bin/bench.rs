@@ -104,6 +104,8 @@ fn main() -> Result<()> {
 
     let syn = syn_challenge(&mode)?;
     println!("{}", syn.table());
+    let syn_flood = syn_flood()?;
+    println!("{}", syn_flood.table());
 
     let tput = throughput(&mode)?;
     let tput_table = throughput_table(&tput);
@@ -127,6 +129,7 @@ fn main() -> Result<()> {
         accuracy: &accuracy,
         control: &control,
         syn: &syn,
+        syn_flood: &syn_flood,
     };
     write_json(&root, &report)?;
     write_markdown(&root, &report, &program_table, &tput_table)?;
@@ -358,6 +361,75 @@ fn floodwall_cases(mode: &Mode) -> Result<Vec<Row>> {
 
 // ---------------------------------------------------------------------------------------------
 // The SYN challenge: the cost of answering one SYN from XDP.
+
+/// New clients through a spoofed SYN flood over a veth, the challenge off and on
+/// (`floodwall_tests::synflood`, the flood test's own rounds).
+struct SynFlood {
+    clients: usize,
+    off_connected: usize,
+    off_sps: f64,
+    on_connected: usize,
+    on_sps: f64,
+    on_answered: u64,
+}
+
+fn syn_flood() -> Result<SynFlood> {
+    use floodwall_tests::synflood::{CLIENTS, Net, round};
+    let net = Net::new()?;
+    let pass = BareProgram::load(XDP_PASS)?;
+    let _client_xdp = pass.attach(&net.client, net.veth.a_name())?;
+    let fw = Floodwall::new(Some(&net.server))?;
+    fw.ok(&["attach", net.veth.b_name()])?;
+    fw.ok(&[
+        "limit",
+        "set",
+        "--pps",
+        "200",
+        "--burst",
+        "400",
+        "--new-sources",
+        "10",
+        "--newcomer-pps",
+        "100",
+    ])?;
+    let answered = || -> Result<u64> {
+        fw.json(&["stats", "--json"])?["totals"]["syn_challenged"]["packets"]
+            .as_u64()
+            .context("no syn_challenged in stats")
+    };
+    fw.ok(&["limit", "set", "--syn-cookies", "off"])?;
+    let off = round(&net, true)?;
+    fw.ok(&["limit", "set", "--syn-cookies", "on"])?;
+    let before = answered()?;
+    let on = round(&net, true)?;
+    let on_answered = answered()? - before;
+    fw.ok(&["detach", "--all"])?;
+    Ok(SynFlood {
+        clients: usize::from(CLIENTS),
+        off_connected: off.connected,
+        off_sps: off.flood_frames as f64 / off.secs,
+        on_connected: on.connected,
+        on_sps: on.flood_frames as f64 / on.secs,
+        on_answered,
+    })
+}
+
+impl SynFlood {
+    fn table(&self) -> String {
+        format!(
+            "| SYN challenge | new clients connected (3 s each) | spoofed SYNs/s offered | answered from XDP |\n\
+             |---|---:|---:|---:|\n\
+             | off | {off}/{n} | {off_sps:.0} | - |\n\
+             | on | {on}/{n} | {on_sps:.0} | {answered} |\n",
+            n = self.clients,
+            off = self.off_connected,
+            off_sps = self.off_sps,
+            on = self.on_connected,
+            on_sps = self.on_sps,
+            answered = self.on_answered,
+        )
+    }
+}
 
 /// Per-SYN cost of the challenge against a bare `XDP_DROP`, both one program run per syscall:
 /// a run rewrites the SYN into its SYN-ACK, so `repeat` would measure the SYN-ACK after the
@@ -1155,6 +1227,7 @@ struct Report<'a> {
     accuracy: &'a Accuracy,
     control: &'a Control,
     syn: &'a SynCost,
+    syn_flood: &'a SynFlood,
 }
 
 fn write_json(root: &Path, r: &Report<'_>) -> Result<()> {
@@ -1206,6 +1279,15 @@ fn write_json(root: &Path, r: &Report<'_>) -> Result<()> {
         "known_source_syn_ns": r.syn.known_ns,
         "challenged_syn_ns": r.syn.challenge_ns,
         "ratio_to_bare_xdp_drop": r.syn.ratio(),
+        "flood_over_veth": {
+            "method": "tests/src/synflood.rs: spoofed SYNs from random sources (packet source, both CPUs) into a veth, 30 never-seen clients each connecting once within 3 s; per-source limit 200 pps, admission 10/s, newcomers 100 pps",
+            "clients": r.syn_flood.clients,
+            "challenge_off_connected": r.syn_flood.off_connected,
+            "challenge_off_syn_per_sec": r.syn_flood.off_sps,
+            "challenge_on_connected": r.syn_flood.on_connected,
+            "challenge_on_syn_per_sec": r.syn_flood.on_sps,
+            "challenge_on_answered": r.syn_flood.on_answered,
+        },
     });
     let doc = json!({
         "mode": mode.name,
@@ -1361,9 +1443,15 @@ per-reason counters).
 Each SYN from a different source without state, through `BPF_PROG_TEST_RUN` in a namespace
 with a listener and `tcp_syncookies = 2`: the socket lookup, the kernel's cookie, the SYN-ACK
 built in place and `XDP_TX`. One program run per syscall, since a run rewrites its frame; the
-bare `XDP_DROP` and the known source's SYN are measured the same way, interleaved. The
-end-to-end figures (new clients connecting during a spoofed flood, with the challenge on and
-off) come from `tests/tests/syn_flood.rs`; see the README.
+bare `XDP_DROP` and the known source's SYN are measured the same way, interleaved.
+
+New clients through a spoofed SYN flood (the flood test's own rounds, `tests/src/synflood.rs`):
+the packet source sends SYNs from random sources into the server's veth from both CPUs while
+{clients} addresses the filter has never seen each open one TCP connection (3 s to succeed) and
+exchange data; per-source limit 200 pps, admission 10 sources/s, newcomers 100 pps. The flood
+rate is what this packet source reaches with the SYN-ACKs flowing back over the same veth pair.
+
+{syn_flood_table}
 
 ## 5. Control plane
 
@@ -1379,6 +1467,8 @@ this comparison.
         acc_table = r.accuracy.table(),
         control_table = r.control.table(),
         syn_table = r.syn.table(),
+        syn_flood_table = r.syn_flood.table(),
+        clients = r.syn_flood.clients,
         entries = r.control.entries,
     ));
     std::fs::write(root.join("BENCHMARKS.md"), text).context("writing BENCHMARKS.md")
