@@ -1,6 +1,6 @@
 //! floodwall's XDP data path: parse, allowlist, blocklist, SYN challenge, per-source limit
-//! with spoof-proof admission, global caps, dry-run. Every frame is counted under exactly one reason (plus
-//! `dry_run` when dry-run turned a drop into a pass).
+//! with spoof-proof admission, global caps, dry-run. Every frame is counted under exactly one
+//! reason (plus `dry_run` when dry-run turned a drop into a pass).
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]

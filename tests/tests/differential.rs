@@ -772,12 +772,12 @@ fn kernel_and_model_agree_on_random_and_mutated_frames() -> Result<()> {
         (
             "per-source pps/bps",
             Limits {
-                // The byte burst (one frame of the largest size a 1500-byte MTU delivers)
-                // runs out before the packet burst for big frames, the packet burst first
-                // for small ones.
+                // The byte burst runs out before the packet burst for big frames, the packet
+                // burst first for small ones.
                 pps: 1,
                 burst: 60,
                 bps: 1,
+                burst_bytes: 65_535,
                 prefix4: 28,
                 prefix6: 64,
                 new_sources: 0,
