@@ -104,9 +104,13 @@ fn new_clients_connect_through_a_spoofed_syn_flood() -> Result<()> {
         );
         println!("{line}");
         report.push(line);
+        // A flood at least 50 times the newcomer budget (100 pps) for the whole round: the
+        // rate this packet source reaches here varies from about 15k to 50k SYN/s.
         ensure!(
-            on.flood_frames > 100_000,
-            "{family}: the flood was too small to mean anything"
+            on.flood_frames as f64 / on.secs > 5_000.0,
+            "{family}: the flood ({} SYNs in {:.1} s) was too small to mean anything",
+            on.flood_frames,
+            on.secs
         );
         ensure!(
             on.connected * 100 >= usize::from(CLIENTS) * 95,
