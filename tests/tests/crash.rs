@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use aya::maps::{HashMap, Map, MapData};
 use filter_common::{ListEntry, MAP_BLOCK4_HOST};
 use floodwall_tests::{
-    cli::Floodwall,
+    cli::{Floodwall, Host},
     netns::{Netns, VethPair},
 };
 use serde_json::Value;
@@ -38,6 +38,26 @@ fn kernel_block_hosts(fw: &Floodwall<'_>) -> Result<u64> {
         .context("status has no BLOCK4_HOST fill")
 }
 
+/// Writes `entries` addresses from 11.0.0.0 on, one per line, into an import file in the
+/// state directory; returns its path.
+fn big_import_file(fw: &Floodwall<'_>, entries: u32) -> Result<String> {
+    let mut text = String::with_capacity(entries as usize * 16);
+    for i in 0..entries {
+        let a = 0x0b00_0000 + i;
+        writeln!(
+            text,
+            "{}.{}.{}.{}",
+            a >> 24,
+            (a >> 16) & 255,
+            (a >> 8) & 255,
+            a & 255
+        )?;
+    }
+    let file = fw.state_dir().join("big.txt");
+    std::fs::write(&file, text)?;
+    Ok(file.to_str().context("path is not UTF-8")?.to_owned())
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn sigkill_during_import_loses_nothing_and_leaves_nothing_half_done() -> Result<()> {
@@ -62,21 +82,7 @@ fn sigkill_during_import_loses_nothing_and_leaves_nothing_half_done() -> Result<
     ])?;
 
     let entries = 300_000u32;
-    let mut text = String::with_capacity(entries as usize * 16);
-    for i in 0..entries {
-        let a = 0x0b00_0000 + i;
-        writeln!(
-            text,
-            "{}.{}.{}.{}",
-            a >> 24,
-            (a >> 16) & 255,
-            (a >> 8) & 255,
-            a & 255
-        )?;
-    }
-    let file = fw.state_dir().join("big.txt");
-    std::fs::write(&file, text)?;
-    let file = file.to_str().context("path is not UTF-8")?.to_owned();
+    let file = big_import_file(&fw, entries)?;
 
     let marker = fw.state_dir().join("lists.pending");
     let mut outcomes = Vec::new();
@@ -161,38 +167,10 @@ fn raw_kernel_pps(fw: &Floodwall<'_>) -> Result<u64> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn sigkill_during_limit_set_leaves_kernel_and_store_agreeing() -> Result<()> {
-    let ns = Netns::new("crl")?;
-    let peer = Netns::new("crlp")?;
-    let veth = VethPair::new(
-        &peer,
-        &ns,
-        "10.214.0.2/24",
-        "10.214.0.1/24",
-        "fd00:214::2/64",
-        "fd00:214::1/64",
-    )?;
-    let fw = Floodwall::new(Some(&ns))?;
-    fw.ok(&["attach", veth.b_name(), "--mode", "native"])?;
+    let host = Host::new("crl")?;
+    let fw = host.attached()?;
     let entries = 200_000u32;
-    let mut text = String::with_capacity(entries as usize * 16);
-    for i in 0..entries {
-        let a = 0x0b00_0000 + i;
-        writeln!(
-            text,
-            "{}.{}.{}.{}",
-            a >> 24,
-            (a >> 16) & 255,
-            (a >> 8) & 255,
-            a & 255
-        )?;
-    }
-    let file = fw.state_dir().join("big.txt");
-    std::fs::write(&file, text)?;
-    fw.ok(&[
-        "block",
-        "import",
-        file.to_str().context("path is not UTF-8")?,
-    ])?;
+    fw.ok(&["block", "import", &big_import_file(&fw, entries)?])?;
     let started = std::time::Instant::now();
     fw.ok(&["limit", "set", "--pps", "1000"])?;
     println!(
@@ -241,39 +219,11 @@ fn raw_kernel_has(fw: &Floodwall<'_>, addr: [u8; 4]) -> Result<bool> {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn sigkill_during_the_first_attach_leaves_nothing_half_restored() -> Result<()> {
-    let ns = Netns::new("cra")?;
-    let peer = Netns::new("crap")?;
-    let veth = VethPair::new(
-        &peer,
-        &ns,
-        "10.215.0.2/24",
-        "10.215.0.1/24",
-        "fd00:215::2/64",
-        "fd00:215::1/64",
-    )?;
-    let fw = Floodwall::new(Some(&ns))?;
-    let iface = veth.b_name().to_owned();
-    fw.ok(&["attach", &iface, "--mode", "native"])?;
+    let host = Host::new("cra")?;
+    let fw = host.attached()?;
+    let iface = host.iface().to_owned();
     let entries = 50_000u32;
-    let mut text = String::with_capacity(entries as usize * 16);
-    for i in 0..entries {
-        let a = 0x0b00_0000 + i;
-        writeln!(
-            text,
-            "{}.{}.{}.{}",
-            a >> 24,
-            (a >> 16) & 255,
-            (a >> 8) & 255,
-            a & 255
-        )?;
-    }
-    let file = fw.state_dir().join("big.txt");
-    std::fs::write(&file, text)?;
-    fw.ok(&[
-        "block",
-        "import",
-        file.to_str().context("path is not UTF-8")?,
-    ])?;
+    fw.ok(&["block", "import", &big_import_file(&fw, entries)?])?;
     fw.ok(&["block", "add", "192.0.2.77", "--ttl", "1s"])?;
     std::thread::sleep(Duration::from_millis(2100));
     fw.ok(&["detach", "--all"])?;
