@@ -32,6 +32,23 @@ impl Cidr {
         Self::checked(addr, prefix_len, || format!("{addr}/{prefix_len}"))
     }
 
+    /// The single address `addr` (/32 or /128).
+    pub fn host(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            prefix_len: max_prefix_len(addr),
+        }
+    }
+
+    /// The network of length `prefix_len` that holds `addr`, bits below the prefix cleared:
+    /// for feeds that name a range by any address in it, where a typo is not the risk.
+    pub fn covering(addr: IpAddr, prefix_len: u8) -> Result<Self, CidrError> {
+        Self::new(
+            network_addr(addr, prefix_len.min(max_prefix_len(addr))),
+            prefix_len,
+        )
+    }
+
     /// `input` names the rejected value in errors; it is a closure so that parsing a valid
     /// entry allocates nothing, which matters for lists of millions of lines.
     fn checked(

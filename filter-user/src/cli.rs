@@ -693,6 +693,9 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
     let auto_active = kernel::syn_auto_active(paths)?;
     let challenge_on = config.syn_on() || (config.syn_auto() && auto_active);
     let sysctl = crate::syncookies::state(paths).ok();
+    // Only a running service's report is current.
+    let crowdsec = crate::pidfile::running_service(paths)
+        .and_then(|_| crate::crowdsec::BouncerStatus::read(paths));
     if json {
         let ifaces: Vec<_> = links
             .iter()
@@ -709,6 +712,7 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
                 "tcp_syncookies": sysctl.map(|s| s.current),
                 "tcp_syncookies_saved": sysctl.and_then(|s| s.saved),
             },
+            "crowdsec": crowdsec,
             "limits": limits,
             "lists": {
                 "allow": lists::list_live(&state, ListKind::Allow).count(),
@@ -746,6 +750,25 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
         "challenge:   {}; {host}",
         if challenge_on { "ACTIVE" } else { "inactive" }
     );
+    if let Some(c) = &crowdsec {
+        let last = c.last_good_pull.map_or(String::from("never"), |t| {
+            format!("{}s ago", crate::state::unix_now().saturating_sub(t))
+        });
+        let link = if c.connected {
+            String::from("connected")
+        } else {
+            format!(
+                "NOT CONNECTED ({})",
+                c.last_error.as_deref().unwrap_or("not pulled yet")
+            )
+        };
+        println!(
+            "crowdsec:    {} decisions enforced; LAPI {} {link}; last pull {last}{}",
+            c.decisions,
+            c.lapi_url,
+            if c.pushing { "; pushing bans" } else { "" }
+        );
+    }
     println!(
         "lists:       {} allowed, {} blocked",
         lists::list_live(&state, ListKind::Allow).count(),

@@ -147,6 +147,9 @@ pub struct FileConfig {
     pub limits: Limits,
     pub capacity: Capacity,
     pub service: ServiceConfig,
+    /// Absent: no CrowdSec.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crowdsec: Option<crate::crowdsec::config::CrowdsecConfig>,
 }
 
 /// Capacities beyond this are a typo, not a plan (each entry costs kernel memory).
@@ -202,6 +205,12 @@ impl FileConfig {
                     "[service] metrics = `{}` is not an address such as 127.0.0.1:9477",
                     config.service.metrics
                 ),
+            });
+        }
+        if let Some(problem) = config.crowdsec.as_ref().and_then(|c| c.problem()) {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: problem,
             });
         }
         Ok(config)

@@ -4,14 +4,11 @@
 //! SIGTERM or SIGINT, leaving the filter attached unless told otherwise.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -62,6 +59,12 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot start the service's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot wait for drop events from the kernel: {0}")]
+    Events(#[source] std::io::Error),
+    #[error(transparent)]
+    Crowdsec(crate::crowdsec::lapi::LapiError),
 }
 
 impl DaemonError {
@@ -69,6 +72,7 @@ impl DaemonError {
         match self {
             DaemonError::Attach(e) => e.is_bad_input(),
             DaemonError::Config(_)
+            | DaemonError::Crowdsec(_)
             | DaemonError::PidFile(crate::pidfile::PidFileError::AlreadyRunning { .. }) => true,
             _ => false,
         }
@@ -83,9 +87,7 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
 }
 
-/// How often events are drained; bans, sweeps and alerts run once a second.
-const POLL: Duration = Duration::from_millis(100);
-/// Events handled per poll at most: the ring buffer bounds them too, this bounds the work.
+/// Events handled per wake-up at most, so signals and the tick are not kept waiting.
 const MAX_EVENTS_PER_POLL: usize = 10_000;
 /// How often map fill is checked against `map_fill_percent`.
 const FILL_CHECK: Duration = Duration::from_secs(10);
@@ -133,7 +135,15 @@ pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
     } else if config_path.exists() {
         reload::apply(paths, &file)?;
     }
-    let result = serve(paths, options, &config_path, &mut file);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("floodwall-run")
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let result = runtime.block_on(serve(paths, options, &config_path, &mut file));
+    // Waits for a list change the bouncer has under way: it is never cut half-way.
+    drop(runtime);
     if let Err(e @ DaemonError::Detached) = &result {
         error!("{e}");
         return result;
@@ -149,19 +159,16 @@ pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
     result
 }
 
-fn serve(
+async fn serve(
     paths: &Paths,
     options: &RunOptions,
     config_path: &std::path::Path,
     file: &mut FileConfig,
 ) -> Result<(), DaemonError> {
-    let term = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&term)).map_err(DaemonError::Signals)?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
-        .map_err(DaemonError::Signals)?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let counters = Arc::new(ServiceCounters::default());
     let metrics_addr = match options.metrics {
@@ -175,67 +182,164 @@ fn serve(
                 message: format!("bad metrics address `{}`", file.service.metrics),
             })?,
     };
-    let server = metrics::serve(
-        metrics_addr,
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .map_err(|source| DaemonError::Metrics {
+            addr: metrics_addr,
+            source,
+        })?;
+    let metrics_task = tokio::spawn(metrics::serve(
+        listener,
         paths.clone(),
         Arc::clone(&counters),
-        Arc::clone(&term),
-    )
-    .map_err(|source| DaemonError::Metrics {
-        addr: metrics_addr,
-        source,
-    })?;
+    ));
     info!("serving metrics on http://{metrics_addr}/metrics");
 
-    let mut events = kernel::open_events(paths)?;
+    let mut bouncer = BouncerTask::start(paths, file.crowdsec.as_ref(), &counters)?;
+    let events = kernel::open_events(paths)?;
+    // SAFETY: the ring buffer owns its map's descriptor and keeps it open, unchanged, for as
+    // long as it lives, and the AsyncFd owns the ring buffer.
+    let mut events = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| DaemonError::Events(std::io::Error::other(e.to_string())))?;
     let sources = kernel::open_sources(paths)?;
     let mut watch = Watch::new(file.service.clone(), Arc::clone(&counters));
+    watch.push = bouncer.alerts();
     watch.read_prefixes(paths);
-    let mut last_tick = Instant::now();
-    while !term.load(Ordering::Relaxed) {
-        if hup.swap(false, Ordering::Relaxed) {
-            match FileConfig::load(config_path, true) {
-                Ok(new) => match reload::apply(paths, &new) {
-                    Ok(_) => {
-                        info!("reloaded `{}`", config_path.display());
-                        watch.service = new.service.clone();
-                        *file = new;
-                    }
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            _ = hup.recv() => {
+                match FileConfig::load(config_path, true) {
+                    Ok(new) => match reload::apply(paths, &new) {
+                        Ok(_) => {
+                            info!("reloaded `{}`", config_path.display());
+                            if new.crowdsec != file.crowdsec {
+                                match BouncerTask::start(paths, new.crowdsec.as_ref(), &counters) {
+                                    Ok(task) => {
+                                        bouncer = task;
+                                        watch.push = bouncer.alerts();
+                                    }
+                                    Err(e) => error!("[crowdsec] not changed: {e}"),
+                                }
+                            }
+                            watch.service = new.service.clone();
+                            *file = new;
+                        }
+                        Err(e) => error!("reload failed, keeping the old settings: {e}"),
+                    },
                     Err(e) => error!("reload failed, keeping the old settings: {e}"),
-                },
-                Err(e) => error!("reload failed, keeping the old settings: {e}"),
+                }
+            }
+            guard = events.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(guard) => guard,
+                    Err(e) => break Err(DaemonError::Events(e)),
+                };
+                let ring = guard.get_inner_mut();
+                let mut drained = false;
+                for _ in 0..MAX_EVENTS_PER_POLL {
+                    let Some(item) = ring.next() else {
+                        drained = true;
+                        break;
+                    };
+                    if item.len() >= std::mem::size_of::<DropEvent>() {
+                        // SAFETY: the kernel writes whole `DropEvent`s; read_unaligned copies
+                        // it out.
+                        let event =
+                            unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) };
+                        drop(item);
+                        watch.event(&event, &sources);
+                    }
+                }
+                // Not drained: the next turn of the loop reads on without waiting.
+                if drained {
+                    guard.clear_ready();
+                }
+            }
+            _ = tick.tick() => {
+                if !paths.is_loaded() {
+                    // Staying up would leave a service that protects nothing.
+                    break Err(DaemonError::Detached);
+                }
+                watch.tick(paths, &sources);
             }
         }
-        let mut handled = 0;
-        while handled < MAX_EVENTS_PER_POLL {
-            let Some(item) = events.next() else { break };
-            if item.len() >= std::mem::size_of::<DropEvent>() {
-                // SAFETY: the kernel writes whole `DropEvent`s; read_unaligned copies it out.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) };
-                watch.event(&event, &sources);
-            }
-            handled += 1;
-        }
-        if last_tick.elapsed() >= Duration::from_secs(1) {
-            last_tick = Instant::now();
-            if !paths.is_loaded() {
-                // Staying up would leave a service that protects nothing.
-                term.store(true, Ordering::Relaxed);
-                let _ = server.join();
-                return Err(DaemonError::Detached);
-            }
-            watch.tick(paths, &sources);
-        }
-        std::thread::sleep(POLL);
-    }
+    };
     if watch.syn_auto.active {
         // Nobody would switch it off once the service is gone.
         let _ = kernel::set_syn_auto_active(paths, false);
         let _ = crate::syncookies::release(paths);
         info!("SYN challenge off: the service is exiting");
     }
-    let _ = server.join();
-    Ok(())
+    metrics_task.abort();
+    drop(bouncer);
+    let _ = fs::remove_file(paths.crowdsec_status_file());
+    result
+}
+
+/// The CrowdSec bouncer as a task of the service's runtime; dropping this stops it.
+struct BouncerTask {
+    task: Option<tokio::task::JoinHandle<()>>,
+    alerts: Option<tokio::sync::mpsc::Sender<crate::crowdsec::lapi::Alert>>,
+}
+
+/// Bans waiting to be pushed at most; beyond it they are counted as failed.
+const ALERT_QUEUE: usize = 10_000;
+
+impl BouncerTask {
+    fn start(
+        paths: &Paths,
+        config: Option<&crate::crowdsec::config::CrowdsecConfig>,
+        counters: &Arc<ServiceCounters>,
+    ) -> Result<BouncerTask, DaemonError> {
+        counters
+            .crowdsec_on
+            .store(config.is_some(), Ordering::Relaxed);
+        let Some(config) = config else {
+            let _ = fs::remove_file(paths.crowdsec_status_file());
+            return Ok(BouncerTask {
+                task: None,
+                alerts: None,
+            });
+        };
+        let bouncer = crate::crowdsec::Bouncer::new(paths, config, Arc::clone(&counters.crowdsec))
+            .map_err(DaemonError::Crowdsec)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(ALERT_QUEUE);
+        info!(
+            "CrowdSec bouncer: pulling decisions from {} every {}s{}",
+            config.lapi_url,
+            config.update_frequency_secs,
+            if config.pushes() {
+                ", pushing automatic bans"
+            } else {
+                ""
+            }
+        );
+        Ok(BouncerTask {
+            task: Some(tokio::spawn(bouncer.run(rx))),
+            alerts: config.pushes().then_some(tx),
+        })
+    }
+
+    fn alerts(&self) -> Option<tokio::sync::mpsc::Sender<crate::crowdsec::lapi::Alert>> {
+        self.alerts.clone()
+    }
+}
+
+impl Drop for BouncerTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 type SourceMap = aya::maps::HashMap<aya::maps::MapData, SourceKey, filter_common::SourceState>;
@@ -268,6 +372,10 @@ struct Watch {
     /// The `auto` SYN challenge and the counters it was last decided on.
     syn_auto: crate::syncookies::AutoSwitch,
     syn_seen: Option<(u64, u64, u64)>,
+    /// Where bans are pushed as CrowdSec alerts, when the service pushes them.
+    push: Option<tokio::sync::mpsc::Sender<crate::crowdsec::lapi::Alert>>,
+    /// The limit each watched offender went over (for the pushed alert's scenario).
+    over: HashMap<SourceKey, Reason>,
 }
 
 impl Watch {
@@ -289,6 +397,8 @@ impl Watch {
             prefixes: (32, 64),
             syn_auto: crate::syncookies::AutoSwitch::default(),
             syn_seen: None,
+            push: None,
+            over: HashMap::new(),
         }
     }
 
@@ -406,6 +516,11 @@ impl Watch {
                 self.prefixes.1
             };
             mask_prefix(&mut key.addr, prefix);
+            if self.push.is_some()
+                && let Some(reason) = Reason::from_u32(event.reason)
+            {
+                self.over.insert(key, reason);
+            }
             // Its drop count now: only drops after this one count towards a ban.
             let dropped = sources.get(&key, 0).map_or(0, |s| s.dropped);
             self.offenders
@@ -431,6 +546,10 @@ impl Watch {
             }
             if !bans.is_empty() {
                 self.ban(paths, &bans);
+            }
+            if self.push.is_some() {
+                let watched: HashSet<SourceKey> = self.offenders.watched().into_iter().collect();
+                self.over.retain(|key, _| watched.contains(key));
             }
         }
         self.alerts(paths);
@@ -491,7 +610,7 @@ impl Watch {
                 .iter()
                 .any(|(cidr, expires)| cidr.contains(addr) && expires.is_none_or(|t| t > now))
         };
-        let mut groups: BTreeMap<(u64, u32, u64), Vec<Cidr>> = BTreeMap::new();
+        let mut groups: BTreeMap<(u64, u32, u64), Vec<(Cidr, SourceKey)>> = BTreeMap::new();
         for ban in bans {
             let addr = source_addr(&ban.key);
             let prefix = match addr {
@@ -507,9 +626,11 @@ impl Watch {
             groups
                 .entry((ban.ttl_secs, ban.offence, ban.over_secs))
                 .or_default()
-                .push(cidr);
+                .push((cidr, ban.key));
         }
-        for ((ttl_secs, offence, over_secs), cidrs) in groups {
+        for ((ttl_secs, offence, over_secs), group) in groups {
+            let keys: HashMap<Cidr, SourceKey> = group.iter().copied().collect();
+            let cidrs: Vec<Cidr> = group.into_iter().map(|(cidr, _)| cidr).collect();
             let comment = format!("over its limit for {over_secs}s (offence {offence})");
             let options = AddOptions {
                 ttl: Some(Duration::from_secs(ttl_secs)),
@@ -544,7 +665,42 @@ impl Watch {
                 warn!(
                     "banned {cidr} for {ttl_secs}s: over its limit for {over_secs}s, offence {offence}"
                 );
+                self.push_alert(cidr, keys.get(&cidr), ttl_secs, over_secs, offence);
             }
+        }
+    }
+
+    /// Queues a ban for the CrowdSec LAPI, when the service pushes bans.
+    fn push_alert(
+        &mut self,
+        cidr: Cidr,
+        key: Option<&SourceKey>,
+        ttl_secs: u64,
+        over_secs: u64,
+        offence: u32,
+    ) {
+        let Some(push) = &self.push else { return };
+        let scenario = match key.and_then(|k| self.over.get(k)) {
+            Some(Reason::OverBps) => "floodwall/bps-flood",
+            _ => "floodwall/pps-flood",
+        };
+        let now = unix_now();
+        let alert = crate::crowdsec::lapi::Alert {
+            cidr,
+            ttl_secs,
+            scenario,
+            message: format!(
+                "floodwall: {cidr} over its limit for {over_secs}s (offence {offence}), banned \
+                 for {ttl_secs}s"
+            ),
+            start_at: now.saturating_sub(over_secs),
+            stop_at: now,
+        };
+        if push.try_send(alert).is_err() {
+            self.counters
+                .crowdsec
+                .alerts_failed
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 

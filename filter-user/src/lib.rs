@@ -6,6 +6,7 @@ pub mod bans;
 pub mod cidr;
 pub mod cli;
 pub mod config;
+pub mod crowdsec;
 pub mod daemon;
 pub mod import;
 pub mod kernel;

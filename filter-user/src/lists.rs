@@ -162,11 +162,15 @@ pub fn own_addresses() -> Vec<IpAddr> {
 
 /// Refuses to block loopback, and this host's addresses without `force`.
 pub fn check_lockout(cidrs: &[Cidr], force: bool) -> Result<(), ListError> {
+    check_lockout_with(cidrs, force, &own_addresses())
+}
+
+/// [`check_lockout`] against addresses read once, for callers checking entries one by one.
+fn check_lockout_with(cidrs: &[Cidr], force: bool, own: &[IpAddr]) -> Result<(), ListError> {
     let loopback = [
         IpAddr::from([127, 0, 0, 1]),
         IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     ];
-    let own = own_addresses();
     for cidr in cidrs {
         if loopback.iter().any(|a| cidr.contains(a)) {
             return Err(ListError::Loopback { cidr: *cidr });
@@ -379,6 +383,124 @@ pub fn add(
     }));
     apply(paths, &mut state, kind, changes, progress)?;
     Ok(new)
+}
+
+/// One entry a feed wants on the blocklist.
+#[derive(Clone, Debug)]
+pub struct FeedEntry {
+    pub cidr: Cidr,
+    pub ttl: Option<Duration>,
+    pub comment: String,
+}
+
+/// A change to the blocklist entries one feed owns (CrowdSec decisions): entries another
+/// origin put there are never replaced or removed by it.
+pub struct FeedChange<'a> {
+    pub origin: Origin,
+    /// Removed first, so an entry both removed and added in one change stays.
+    pub removals: &'a [Cidr],
+    pub upserts: &'a [FeedEntry],
+    /// Also remove every entry of `origin` not in `upserts` (a full resync).
+    pub replace: bool,
+}
+
+/// What a feed change did.
+#[derive(Debug, Default)]
+pub struct FeedOutcome {
+    pub added: usize,
+    pub refreshed: usize,
+    pub removed: usize,
+    /// Upserts left alone because another origin's entry holds the same CIDR.
+    pub foreign: usize,
+    /// Upserts refused by the lock-out protection, with the reason.
+    pub refused: Vec<(Cidr, ListError)>,
+}
+
+/// Applies a feed's change to the blocklist as one all-or-nothing transaction: removals that
+/// are not listed are ignored (feeds repeat deletions), entries that would block loopback or
+/// this host's own address are refused one by one and the rest applied.
+pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome, ListError> {
+    let kind = ListKind::Block;
+    let mut outcome = FeedOutcome::default();
+    let mut accepted = Vec::with_capacity(change.upserts.len());
+    let own = own_addresses();
+    for entry in change.upserts {
+        match check_lockout_with(&[entry.cidr], false, &own) {
+            Ok(()) => accepted.push(entry),
+            Err(e) => outcome.refused.push((entry.cidr, e)),
+        }
+    }
+    let (_lock, mut state) = loaded_state(paths)?;
+    let now = unix_now();
+    let ours = |state: &State, cidr: &Cidr| {
+        state
+            .list(kind)
+            .get(cidr)
+            .is_some_and(|r| r.origin == change.origin || r.expired(now))
+    };
+    let mut changes = expired_changes(&state, kind);
+    for cidr in change.removals {
+        if state.list(kind).contains_key(cidr) && ours(&state, cidr) {
+            changes.insert(*cidr, None);
+        }
+    }
+    if change.replace {
+        let wanted: std::collections::HashSet<Cidr> = accepted.iter().map(|e| e.cidr).collect();
+        for record in state.list(kind).values() {
+            if record.origin == change.origin && !wanted.contains(&record.cidr) {
+                changes.insert(record.cidr, None);
+            }
+        }
+    }
+    let unix_ns = unix_now_ns();
+    for entry in accepted {
+        if state.list(kind).contains_key(&entry.cidr) && !ours(&state, &entry.cidr) {
+            outcome.foreign += 1;
+            continue;
+        }
+        let expires_at = entry.ttl.map(|ttl| {
+            unix_ns
+                .saturating_add(ttl.as_nanos() as u64)
+                .div_ceil(1_000_000_000)
+        });
+        // A refreshed entry keeps the time it was first added.
+        let added_at = state
+            .list(kind)
+            .get(&entry.cidr)
+            .filter(|r| !r.expired(now))
+            .map_or(now, |r| r.added_at);
+        changes.insert(
+            entry.cidr,
+            Some(Record {
+                cidr: entry.cidr,
+                expires_at,
+                comment: (!entry.comment.is_empty()).then(|| entry.comment.clone()),
+                origin: change.origin,
+                added_at,
+            }),
+        );
+    }
+    for (cidr, new) in &changes {
+        let live = state.list(kind).get(cidr).is_some_and(|r| !r.expired(now));
+        match (new, live) {
+            (None, true) => outcome.removed += 1,
+            (Some(_), true) => outcome.refreshed += 1,
+            (Some(_), false) => outcome.added += 1,
+            (None, false) => {}
+        }
+    }
+    if !changes.is_empty() {
+        apply(paths, &mut state, kind, changes, &|_| {})?;
+    }
+    Ok(outcome)
+}
+
+/// The live entries of `origin` on the blocklist.
+pub fn count_origin(paths: &Paths, origin: Origin) -> Result<usize, ListError> {
+    let state = State::load(paths)?;
+    Ok(list_live(&state, ListKind::Block)
+        .filter(|r| r.origin == origin)
+        .count())
 }
 
 /// Removes entries; every one must be listed, else nothing is removed.

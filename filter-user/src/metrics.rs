@@ -1,14 +1,13 @@
 //! Prometheus metrics for `floodwall run`: read from the kernel at each scrape, so they agree
-//! with `floodwall stats`; encoded by prometheus-client, served by tiny_http on loopback.
+//! with `floodwall stats`; encoded by prometheus-client, served by hyper as a task of the
+//! service's tokio runtime.
 
 use std::{
     borrow::Cow,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
@@ -32,6 +31,9 @@ pub struct ServiceCounters {
     pub escalations: AtomicU64,
     /// Times `floodwall run` switched an `auto` SYN challenge on or off.
     pub syn_switches: AtomicU64,
+    /// Whether a `[crowdsec]` section is in force: its metrics are shown only then.
+    pub crowdsec_on: AtomicBool,
+    pub crowdsec: Arc<crate::crowdsec::CrowdsecCounters>,
 }
 
 #[derive(Debug)]
@@ -117,6 +119,9 @@ impl Collector for FloodwallCollector {
         ] {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value.load(Ordering::Relaxed)).encode(metric)?;
+        }
+        if service.crowdsec_on.load(Ordering::Relaxed) {
+            crowdsec(&mut encoder, &service.crowdsec)?;
         }
         let Ok(stats) = Stats::read(&self.paths) else {
             // Not attached (any more): only the service's own metrics.
@@ -207,6 +212,78 @@ impl Collector for FloodwallCollector {
     }
 }
 
+fn crowdsec(
+    encoder: &mut DescriptorEncoder,
+    c: &crate::crowdsec::CrowdsecCounters,
+) -> Result<(), std::fmt::Error> {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    gauges(
+        encoder,
+        "floodwall_crowdsec_decisions",
+        "CrowdSec decisions (addresses and ranges) enforced now",
+        &[(Vec::new(), load(&c.decisions) as i64)],
+    )?;
+    gauges(
+        encoder,
+        "floodwall_crowdsec_connected",
+        "1 while the last pull from the CrowdSec LAPI succeeded",
+        &[(Vec::new(), i64::from(c.connected.load(Ordering::Relaxed)))],
+    )?;
+    let last = load(&c.last_good_pull);
+    if last > 0 {
+        let ago = crate::state::unix_now().saturating_sub(last);
+        gauges(
+            encoder,
+            "floodwall_crowdsec_seconds_since_last_pull",
+            "Seconds since the last pull from the CrowdSec LAPI that was applied",
+            &[(Vec::new(), ago as i64)],
+        )?;
+    }
+    let result = |r: &'static str| labels(&[("result", r.to_owned())]);
+    counters(
+        encoder,
+        "floodwall_crowdsec_pulls",
+        "Pulls from the CrowdSec LAPI by result",
+        &[
+            (result("ok"), load(&c.pulls_ok)),
+            (result("unreachable"), load(&c.pulls_unreachable)),
+            (result("forbidden"), load(&c.pulls_forbidden)),
+            (result("malformed"), load(&c.pulls_malformed)),
+            (result("error"), load(&c.pulls_error)),
+        ],
+    )?;
+    let why = |r: &'static str| labels(&[("why", r.to_owned())]);
+    counters(
+        encoder,
+        "floodwall_crowdsec_decisions_skipped",
+        "CrowdSec decisions not enforced, by why",
+        &[
+            (why("invalid"), load(&c.skipped_invalid)),
+            (why("filtered"), load(&c.skipped_filtered)),
+            (why("lockout"), load(&c.refused)),
+        ],
+    )?;
+    counters(
+        encoder,
+        "floodwall_crowdsec_apply_failures",
+        "CrowdSec changes refused whole (maps full): retried by a full pull",
+        &[(Vec::new(), load(&c.apply_failures))],
+    )?;
+    counters(
+        encoder,
+        "floodwall_crowdsec_alerts_pushed",
+        "Automatic bans pushed to the CrowdSec LAPI as alerts",
+        &[(Vec::new(), load(&c.alerts_pushed))],
+    )?;
+    counters(
+        encoder,
+        "floodwall_crowdsec_alerts_failed",
+        "Automatic bans the CrowdSec LAPI did not take",
+        &[(Vec::new(), load(&c.alerts_failed))],
+    )?;
+    Ok(())
+}
+
 /// The metrics text for `paths` (what the endpoint serves).
 pub fn render(paths: &Paths, service: &Arc<ServiceCounters>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
@@ -219,38 +296,55 @@ pub fn render(paths: &Paths, service: &Arc<ServiceCounters>) -> Result<String, s
     Ok(text)
 }
 
-/// Serves `/metrics` on `addr` until `stop` is set.
-pub fn serve(
-    addr: SocketAddr,
-    paths: Paths,
-    service: Arc<ServiceCounters>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
-    let content_type = tiny_http::Header::from_bytes(
-        &b"Content-Type"[..],
-        &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
-    )
-    .map_err(|()| std::io::Error::other("bad header"))?;
-    Ok(std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(200)) else {
-                continue;
-            };
-            let response = if request.url() == "/metrics" {
-                match render(&paths, &service) {
-                    Ok(text) => {
-                        tiny_http::Response::from_string(text).with_header(content_type.clone())
-                    }
-                    Err(_) => {
-                        tiny_http::Response::from_string("encoding failed\n").with_status_code(500)
-                    }
-                }
-            } else {
-                tiny_http::Response::from_string("floodwall: see /metrics\n").with_status_code(404)
-            };
+/// Serves `/metrics` from `listener` for as long as the runtime runs it.
+pub async fn serve(listener: tokio::net::TcpListener, paths: Paths, service: Arc<ServiceCounters>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let paths = paths.clone();
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            let handler = hyper::service::service_fn(move |request| {
+                let paths = paths.clone();
+                let service = Arc::clone(&service);
+                async move { Ok::<_, std::convert::Infallible>(respond(&request, &paths, &service)) }
+            });
             // A client that went away is not the service's problem.
-            let _ = request.respond(response);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+                .await;
+        });
+    }
+}
+
+fn respond(
+    request: &hyper::Request<hyper::body::Incoming>,
+    paths: &Paths,
+    service: &Arc<ServiceCounters>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    let reply = |status: u16, content_type: &str, body: String| {
+        let mut response = hyper::Response::new(http_body_util::Full::from(body));
+        *response.status_mut() =
+            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+        if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
         }
-    }))
+        response
+    };
+    if request.uri().path() != "/metrics" {
+        return reply(404, "text/plain", String::from("floodwall: see /metrics\n"));
+    }
+    match render(paths, service) {
+        Ok(text) => reply(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        ),
+        Err(_) => reply(500, "text/plain", String::from("encoding failed\n")),
+    }
 }

@@ -105,6 +105,11 @@ impl Paths {
 
     /// Exists while a list change is being applied: if a command finds it, the one before it
     /// died half-way and the kernel lists are brought back in line with the state file.
+    /// What `floodwall run`'s CrowdSec bouncer last reported, for `status`.
+    pub fn crowdsec_status_file(&self) -> PathBuf {
+        self.state_dir.join("crowdsec.json")
+    }
+
     pub fn pending_file(&self) -> PathBuf {
         self.state_dir.join("lists.pending")
     }

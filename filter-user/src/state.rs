@@ -76,6 +76,8 @@ pub enum Origin {
     Import,
     /// An automatic ban by `floodwall run`.
     Auto,
+    /// A CrowdSec decision, pulled from its Local API by `floodwall run`.
+    Crowdsec,
 }
 
 impl Origin {
@@ -84,6 +86,7 @@ impl Origin {
             Origin::Manual => "manual",
             Origin::Import => "import",
             Origin::Auto => "auto",
+            Origin::Crowdsec => "crowdsec",
         }
     }
 }

@@ -1,4 +1,5 @@
 pub mod cli;
+pub mod crowdsec;
 pub mod frames;
 pub mod model;
 pub mod netns;

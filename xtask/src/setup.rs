@@ -21,7 +21,8 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-10-29";
 /// Its default feature links LLVM 23, the LLVM of [`EBPF_TOOLCHAIN`].
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// What the root tests and benches run: ip, ping, nft, iptables, bpftool, ethtool.
+/// What the root tests and benches run: ip, ping, nft, iptables, bpftool, ethtool, curl
+/// (the metrics scrapes), dpkg-deb's package download (CrowdSec, below).
 const DEB_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -29,7 +30,12 @@ const DEB_PACKAGES: &[&str] = &[
     "iptables",
     "bpftool",
     "ethtool",
+    "curl",
 ];
+
+/// Debian's CrowdSec package, unpacked (never installed) for the bouncer tests: installing it
+/// would register with the central API and enable a service. The tests find it here too.
+const CROWDSEC_PACKAGE: &str = "crowdsec";
 
 /// Where pinned maps and links live; the kernel here does not mount it at boot.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -42,12 +48,13 @@ type Step = fn() -> Result<Change>;
 /// Runs every setup step, printing one line per step and a summary.
 pub fn run() -> Result<()> {
     let start = Instant::now();
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 6] = [
         ("rustup", check_rustup),
         ("eBPF toolchain", ensure_toolchain),
         ("bpf-linker", ensure_bpf_linker),
         ("Debian packages", ensure_packages),
         ("bpffs", ensure_bpffs),
+        ("CrowdSec LAPI for tests", ensure_crowdsec),
     ];
     let mut changes = 0;
     for (name, step) in steps {
@@ -271,4 +278,60 @@ fn ensure_bpffs() -> Result<Change> {
     }
     util::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
     Ok(Some(format!("mounted bpffs at {BPFFS}")))
+}
+
+/// Where [`ensure_crowdsec`] unpacks the package; `tests/src/crowdsec.rs` looks in the same place.
+fn crowdsec_root() -> Result<PathBuf> {
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".local/share/floodwall/crowdsec"))
+}
+
+fn ensure_crowdsec() -> Result<Change> {
+    let root = crowdsec_root()?;
+    let binaries = [
+        "usr/bin/crowdsec",
+        "usr/bin/cscli",
+        "etc/crowdsec/profiles.yaml",
+    ];
+    if binaries.iter().all(|b| root.join(b).exists()) {
+        return Ok(None);
+    }
+    let download = tempdir("floodwall-crowdsec-deb")?;
+    // `apt-get download` needs a fresh package index on a machine that never ran `update`.
+    if util::run(
+        Command::new("apt-get")
+            .args(["-q", "download", CROWDSEC_PACKAGE])
+            .current_dir(&download),
+    )
+    .is_err()
+    {
+        util::run(Command::new("apt-get").args(["-q", "update"]))?;
+        util::run(
+            Command::new("apt-get")
+                .args(["-q", "download", CROWDSEC_PACKAGE])
+                .current_dir(&download),
+        )?;
+    }
+    let deb = fs::read_dir(&download)
+        .with_context(|| format!("cannot read {}", download.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download crowdsec left no .deb")?;
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    let _ = fs::remove_dir_all(&download);
+    if let Some(missing) = binaries.iter().find(|b| !root.join(b).exists()) {
+        bail!("the crowdsec package has no {missing}");
+    }
+    Ok(Some(format!(
+        "unpacked {} into {}",
+        deb.file_name().unwrap_or_default().to_string_lossy(),
+        root.display()
+    )))
+}
+
+fn tempdir(name: &str) -> Result<PathBuf> {
+    let dir = env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }
