@@ -212,31 +212,53 @@ impl Collector for FloodwallCollector {
     }
 }
 
+/// An unlabelled gauge.
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+/// An unlabelled counter.
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
 fn crowdsec(
     encoder: &mut DescriptorEncoder,
     c: &crate::crowdsec::CrowdsecCounters,
 ) -> Result<(), std::fmt::Error> {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    gauges(
+    gauge(
         encoder,
         "floodwall_crowdsec_decisions",
         "CrowdSec decisions (addresses and ranges) enforced now",
-        &[(Vec::new(), load(&c.decisions) as i64)],
+        load(&c.decisions) as i64,
     )?;
-    gauges(
+    gauge(
         encoder,
         "floodwall_crowdsec_connected",
         "1 while the last pull from the CrowdSec LAPI succeeded",
-        &[(Vec::new(), i64::from(c.connected.load(Ordering::Relaxed)))],
+        i64::from(c.connected.load(Ordering::Relaxed)),
     )?;
     let last = load(&c.last_good_pull);
     if last > 0 {
         let ago = crate::state::unix_now().saturating_sub(last);
-        gauges(
+        gauge(
             encoder,
             "floodwall_crowdsec_seconds_since_last_pull",
             "Seconds since the last pull from the CrowdSec LAPI that was applied",
-            &[(Vec::new(), ago as i64)],
+            ago as i64,
         )?;
     }
     let result = |r: &'static str| labels(&[("result", r.to_owned())]);
@@ -263,23 +285,23 @@ fn crowdsec(
             (why("lockout"), load(&c.refused)),
         ],
     )?;
-    counters(
+    counter(
         encoder,
         "floodwall_crowdsec_apply_failures",
         "CrowdSec changes refused whole (maps full): retried by a full pull",
-        &[(Vec::new(), load(&c.apply_failures))],
+        load(&c.apply_failures),
     )?;
-    counters(
+    counter(
         encoder,
         "floodwall_crowdsec_alerts_pushed",
         "Automatic bans pushed to the CrowdSec LAPI as alerts",
-        &[(Vec::new(), load(&c.alerts_pushed))],
+        load(&c.alerts_pushed),
     )?;
-    counters(
+    counter(
         encoder,
         "floodwall_crowdsec_alerts_failed",
         "Automatic bans the CrowdSec LAPI did not take",
-        &[(Vec::new(), load(&c.alerts_failed))],
+        load(&c.alerts_failed),
     )?;
     Ok(())
 }

@@ -21,8 +21,8 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-10-29";
 /// Its default feature links LLVM 23, the LLVM of [`EBPF_TOOLCHAIN`].
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// What the root tests and benches run: ip, ping, nft, iptables, bpftool, ethtool, curl
-/// (the metrics scrapes), dpkg-deb's package download (CrowdSec, below).
+/// What the root tests and benches run: ip, ping, nft, iptables, bpftool, ethtool, and curl
+/// for the metrics scrapes.
 const DEB_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",

@@ -259,11 +259,16 @@ impl Bouncer {
         let resync = Duration::from_secs(self.config.resync_secs);
         self.status().write(&self.paths);
         let mut next_pull = tokio::time::Instant::now();
+        // Closed at once when the service does not push its bans.
+        let mut pushing = true;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next_pull) => {}
-                alert = alerts.recv() => {
-                    let Some(alert) = alert else { return };
+                alert = alerts.recv(), if pushing => {
+                    let Some(alert) = alert else {
+                        pushing = false;
+                        continue;
+                    };
                     let mut batch = vec![alert];
                     while batch.len() < ALERTS_PER_PUSH {
                         let Ok(more) = alerts.try_recv() else { break };
