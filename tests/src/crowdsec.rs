@@ -224,11 +224,41 @@ impl<'a> Lapi<'a> {
         Ok(())
     }
 
-    /// `cscli decisions import` of a CSV file written here.
+    /// `cscli decisions import` of a CSV file written here. The 1.4.6 LAPI fails a bulk
+    /// insert with "database is locked" when bouncers read meanwhile: tried up to 3 times (a
+    /// decision imported twice is streamed once).
     pub fn import_csv(&self, csv: &str) -> Result<String> {
         let path = self.dir.path().join("import.csv");
         std::fs::write(&path, csv)?;
-        self.cscli(&["decisions", "import", "-i", &path.display().to_string()])
+        let path = path.display().to_string();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.cscli(&["decisions", "import", "-i", &path]) {
+                Err(e) if attempt < 3 && e.to_string().contains("database is locked") => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// What the LAPI answers a bouncer asking about `ip` (`GET /v1/decisions?ip=`), with a
+    /// key of its own so no host's stream cursor moves.
+    pub fn decisions_for(&self, ip: &str) -> Result<String> {
+        let key = self.add_bouncer(&format!("probe-{}", ip.replace([':', '.'], "-")))?;
+        let url = format!("{}v1/decisions?ip={ip}", self.url());
+        let out = self.ns.exec(&[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            "-H",
+            &format!("X-Api-Key: {key}"),
+            &url,
+        ])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn dir(&self) -> &Path {

@@ -476,10 +476,10 @@ fn a_ban_one_host_makes_reaches_the_other() -> Result<()> {
         entry["comment"] == "floodwall/pps-flood",
         "scenario: {entry}"
     );
-    let decisions = lapi.cscli(&["decisions", "list", "-o", "json"])?;
+    let decisions = lapi.decisions_for(OFFENDER4)?;
     ensure!(
-        decisions.contains("floodwall/pps-flood") && decisions.contains(OFFENDER4),
-        "the LAPI holds no floodwall decision: {decisions}"
+        decisions.contains("floodwall/pps-flood") && decisions.contains("\"origin\":\"floodwall\""),
+        "the LAPI holds no floodwall decision for {OFFENDER4}: {decisions}"
     );
     let metrics = hosts[0].metrics()?;
     ensure!(
@@ -498,16 +498,28 @@ fn a_hundred_thousand_decisions_land_on_both_hosts() -> Result<()> {
     let lapi = Lapi::start(&net.hub, LAPI_PORT)?;
     let key0 = lapi.add_bouncer("floodwall-host0")?;
     let key1 = lapi.add_bouncer("floodwall-host1")?;
-    let mut host0 = Host::new(&net, 0, &config_section(&lapi.url(), &key0, UPDATE_SECS))?;
+    // The LAPI's deltas lose a few decisions of a bulk import (about 50 of 100k here: rows
+    // committed after the pull that should have carried them began): the periodic full pull
+    // repairs that, so the running host resyncs every 10 s here instead of every hour.
+    let section = format!(
+        "{}resync_secs = 10\n",
+        config_section(&lapi.url(), &key0, UPDATE_SECS)
+    );
+    let mut host0 = Host::new(&net, 0, &section)?;
     host0.start(&net)?;
     // 100.64.0.0/10 (shared address space): nothing of the hosts' own.
-    let mut csv = String::from("duration,scope,value\n");
-    for i in 0..N {
-        let addr = std::net::Ipv4Addr::from(0x6440_0000u32 + i);
-        csv.push_str(&format!("1h,ip,{addr}\n"));
-    }
+    // In chunks: one import of 100k holds the LAPI's SQLite lock long enough for its own
+    // writes to fail with "database is locked".
+    const CHUNK: u32 = 10_000;
     let start = Instant::now();
-    lapi.import_csv(&csv)?;
+    for chunk in 0..N / CHUNK {
+        let mut csv = String::from("duration,scope,value\n");
+        for i in chunk * CHUNK..(chunk + 1) * CHUNK {
+            let addr = std::net::Ipv4Addr::from(0x6440_0000u32 + i);
+            csv.push_str(&format!("1h,ip,{addr}\n"));
+        }
+        lapi.import_csv(&csv)?;
+    }
     let imported = start.elapsed();
     let took = wait_for(Duration::from_secs(120), "100k on the running host", || {
         Ok(host0.fw.json(&["status", "--json"])?["crowdsec"]["decisions"] == N)
