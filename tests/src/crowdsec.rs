@@ -42,12 +42,27 @@ pub struct Lapi<'a> {
     root: PathBuf,
     dir: StateDir,
     port: u16,
+    scheme: &'static str,
+    _certs: Option<StateDir>,
     child: Option<Child>,
 }
 
 impl<'a> Lapi<'a> {
     /// Writes a private config for 127.0.0.1:`port` in `ns` and starts the LAPI.
     pub fn start(ns: &'a Netns, port: u16) -> Result<Lapi<'a>> {
+        Self::start_with(ns, port, None)
+    }
+
+    /// The same, serving HTTPS with a certificate (for 127.0.0.1) that a CA made here signed;
+    /// returns the CA's PEM file too.
+    pub fn start_tls(ns: &'a Netns, port: u16) -> Result<(Lapi<'a>, PathBuf)> {
+        let certs = StateDir::new()?;
+        let ca = make_certs(certs.path())?;
+        let lapi = Self::start_with(ns, port, Some(certs))?;
+        Ok((lapi, ca))
+    }
+
+    fn start_with(ns: &'a Netns, port: u16, tls: Option<StateDir>) -> Result<Lapi<'a>> {
         let root = crowdsec_root()?;
         let dir = StateDir::new()?;
         let d = dir.path();
@@ -61,6 +76,10 @@ impl<'a> Lapi<'a> {
         .context("copying the package's profiles.yaml")?;
         std::fs::write(d.join("etc/local_api_credentials.yaml"), "")?;
         let d = d.display();
+        let tls_line = tls.as_ref().map_or(String::new(), |certs| {
+            let c = certs.path().display();
+            format!(", tls: {{cert_file: {c}/server.pem, key_file: {c}/server.key}}")
+        });
         std::fs::write(
             dir.path().join("etc/config.yaml"),
             format!(
@@ -69,15 +88,18 @@ impl<'a> Lapi<'a> {
                  db_config: {{type: sqlite, db_path: {d}/data/crowdsec.db, use_wal: true}}\n\
                  api:\n  client: {{credentials_path: {d}/etc/local_api_credentials.yaml}}\n  \
                  server: {{listen_uri: 127.0.0.1:{port}, profiles_path: {d}/etc/profiles.yaml, \
-                 console_path: {d}/etc/console.yaml, trusted_ips: [127.0.0.1, \"::1\"]}}\n\
+                 console_path: {d}/etc/console.yaml, trusted_ips: [127.0.0.1, \"::1\"]{tls_line}}}\n\
                  prometheus: {{enabled: false}}\n"
             ),
         )?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut lapi = Lapi {
             ns,
             root,
             dir,
             port,
+            scheme,
+            _certs: tls,
             child: None,
         };
         let creds = lapi.dir.path().join("etc/local_api_credentials.yaml");
@@ -99,7 +121,7 @@ impl<'a> Lapi<'a> {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        format!("{}://127.0.0.1:{}/", self.scheme, self.port)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -128,7 +150,7 @@ impl<'a> Lapi<'a> {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if health(self.ns, self.addr()).unwrap_or(false) {
+            if health(self.ns, self.addr(), self.scheme == "https").unwrap_or(false) {
                 return Ok(());
             }
             if let Some(child) = &mut self.child
@@ -274,8 +296,79 @@ impl Drop for Lapi<'_> {
     }
 }
 
-/// Whether `GET /health` on `addr` in `ns` answers 200.
-fn health(ns: &Netns, addr: SocketAddr) -> Result<bool> {
+/// A CA and a server certificate for 127.0.0.1 it signed, made with `openssl` in `dir`
+/// (`ca.pem`, `server.pem`, `server.key`). Returns the CA's path.
+fn make_certs(dir: &Path) -> Result<PathBuf> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl")?;
+        ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=floodwall-test-ca",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ])?;
+    Ok(dir.join("ca.pem"))
+}
+
+/// Whether the LAPI at `addr` in `ns` is up: `GET /health` answers 200 over HTTP, or, for a
+/// LAPI serving HTTPS, it accepts connections (its TLS handshake is floodwall's to check).
+fn health(ns: &Netns, addr: SocketAddr, tls: bool) -> Result<bool> {
+    if tls {
+        return run_in(ns, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        });
+    }
     let answer = run_in(ns, move || -> Result<String> {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;

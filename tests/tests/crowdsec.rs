@@ -734,3 +734,103 @@ fn a_wrong_key_is_named_and_a_bad_answer_applies_nothing() -> Result<()> {
     wrong.service()?.ok = true;
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_change_that_does_not_fit_is_refused_whole_and_repaired_by_a_resync() -> Result<()> {
+    let net = Net::new(1)?;
+    let lapi = Lapi::start(&net.hub, LAPI_PORT)?;
+    let key = lapi.add_bouncer("floodwall-host0")?;
+    let config = format!(
+        "[capacity]\nblock_hosts = 64\n{}resync_secs = 10\n",
+        config_section(&lapi.url(), &key, UPDATE_SECS)
+    );
+    let mut host = Host::new(&net, 0, &config)?;
+    host.start(&net)?;
+    wait_for(Duration::from_secs(10), "first pull", || {
+        Ok(host.log().contains("connected to the CrowdSec LAPI"))
+    })?;
+    let mut csv = String::from("duration,scope,value\n");
+    for i in 0..100u32 {
+        csv.push_str(&format!(
+            "1h,ip,{}\n",
+            std::net::Ipv4Addr::from(0x6440_0000u32 + i)
+        ));
+    }
+    lapi.import_csv(&csv)?;
+    wait_for(Duration::from_secs(10), "the refusal", || {
+        Ok(
+            metric(&host.metrics()?, "floodwall_crowdsec_apply_failures_total")
+                .is_some_and(|n| n >= 1.0),
+        )
+    })?;
+    ensure!(
+        host.log().contains("ALERT: CrowdSec change refused"),
+        "no alert logged"
+    );
+    let held = host.crowdsec_entries()?.len();
+    ensure!(
+        held < 64,
+        "{held} entries: a refused change was applied in part"
+    );
+    // Lifting 64 of them makes the rest fit; the full pull that follows the refusal applies it.
+    lapi.cscli(&[
+        "decisions",
+        "delete",
+        "--range",
+        "100.64.0.0/26",
+        "--contained",
+    ])?;
+    wait_for(Duration::from_secs(30), "the repair", || {
+        Ok(host.crowdsec_entries()?.len() == 36)
+    })?;
+    ensure!(
+        host.has("100.64.0.99")? && !host.has("100.64.0.1")?,
+        "the wrong 36 entries"
+    );
+    host.service()?.ok = true;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn tls_to_the_lapi_is_verified_against_the_configured_ca() -> Result<()> {
+    let net = Net::new(2)?;
+    let (lapi, ca) = Lapi::start_tls(&net.hub, LAPI_PORT)?;
+    let trusting = format!(
+        "{}ca_cert_path = \"{}\"\n",
+        config_section(
+            &lapi.url(),
+            &lapi.add_bouncer("floodwall-host0")?,
+            UPDATE_SECS
+        ),
+        ca.display()
+    );
+    let unconfigured = config_section(
+        &lapi.url(),
+        &lapi.add_bouncer("floodwall-host1")?,
+        UPDATE_SECS,
+    );
+    let mut hosts = vec![
+        Host::new(&net, 0, &trusting)?,
+        Host::new(&net, 1, &unconfigured)?,
+    ];
+    for host in &mut hosts {
+        host.start(&net)?;
+    }
+    wait_for(Duration::from_secs(10), "the pull over TLS", || {
+        Ok(hosts[0]
+            .log()
+            .contains("connected to the CrowdSec LAPI at https://"))
+    })?;
+    wait_for(Duration::from_secs(10), "the refused certificate", || {
+        Ok(hosts[1].log().contains("CrowdSec LAPI lost"))
+    })?;
+    ensure!(
+        hosts[1].log().to_lowercase().contains("certificate"),
+        "the failure does not name the certificate:\n{}",
+        hosts[1].log()
+    );
+    mark_ok(&mut hosts);
+    Ok(())
+}

@@ -21,8 +21,8 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-10-29";
 /// Its default feature links LLVM 23, the LLVM of [`EBPF_TOOLCHAIN`].
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// What the root tests and benches run: ip, ping, nft, iptables, bpftool, ethtool, and curl
-/// for the metrics scrapes.
+/// What the root tests and benches run: ip, ping, nft, iptables, bpftool, ethtool, curl for
+/// the metrics scrapes, openssl for the CrowdSec TLS test's certificates.
 const DEB_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -31,6 +31,7 @@ const DEB_PACKAGES: &[&str] = &[
     "bpftool",
     "ethtool",
     "curl",
+    "openssl",
 ];
 
 /// Debian's CrowdSec package, unpacked (never installed) for the bouncer tests: installing it

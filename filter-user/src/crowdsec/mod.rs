@@ -212,7 +212,8 @@ pub struct Bouncer {
     last_error: Option<String>,
 }
 
-/// A resync that failed to fit is tried again this soon, not an hour later.
+/// A change that failed to fit is repaired by a full pull this soon (or at the resync period,
+/// when that is shorter), not an hour later.
 const RETRY_RESYNC: Duration = Duration::from_secs(60);
 /// Alerts sent in one request at most.
 const ALERTS_PER_PUSH: usize = 100;
@@ -280,8 +281,8 @@ impl Bouncer {
             }
             let full = !self.synced || Instant::now() >= self.next_resync;
             let delay = match self.pull(full).await {
-                Ok(()) => {
-                    if full && self.synced {
+                Ok(applied) => {
+                    if full && applied {
                         self.next_resync = Instant::now() + resync;
                     }
                     update
@@ -311,7 +312,8 @@ impl Bouncer {
         }
     }
 
-    async fn pull(&mut self, full: bool) -> Result<(), LapiError> {
+    /// One pull and its change; `Ok(false)` if the pull came but its change was refused.
+    async fn pull(&mut self, full: bool) -> Result<bool, LapiError> {
         let body = self.lapi.stream(full).await?;
         if self.failures > 0 || !self.counters.connected.load(Ordering::Relaxed) {
             if self.failures > 0 {
@@ -328,11 +330,10 @@ impl Bouncer {
         self.last_error = None;
         self.counters.connected.store(true, Ordering::Relaxed);
         self.counters.pulls_ok.fetch_add(1, Ordering::Relaxed);
-        self.apply(body, full).await;
-        Ok(())
+        Ok(self.apply(body, full).await)
     }
 
-    async fn apply(&mut self, body: StreamBody, full: bool) {
+    async fn apply(&mut self, body: StreamBody, full: bool) -> bool {
         let mut plan = plan(&mut self.held, &body, &self.filter, full);
         drop(body);
         self.counters
@@ -406,6 +407,7 @@ impl Bouncer {
                         self.held.len()
                     );
                 }
+                true
             }
             Err(e) => {
                 for (cidr, before) in plan.undo.drain(..) {
@@ -415,18 +417,18 @@ impl Bouncer {
                     };
                 }
                 self.counters.apply_failures.fetch_add(1, Ordering::Relaxed);
+                let retry = RETRY_RESYNC.min(Duration::from_secs(self.config.resync_secs));
                 error!(
                     "ALERT: CrowdSec change refused ({} new, {} lifted): {e}; nothing of it was \
                      applied, retried with a full pull in {}s",
                     upserts.len(),
                     removals.len(),
-                    RETRY_RESYNC.as_secs()
+                    retry.as_secs()
                 );
                 // The LAPI has moved its cursor past this delta: only a full pull repairs it.
-                self.next_resync = Instant::now() + RETRY_RESYNC;
-                if self.synced {
-                    self.last_error = Some(format!("change refused: {e}"));
-                }
+                self.next_resync = Instant::now() + retry;
+                self.last_error = Some(format!("change refused: {e}"));
+                false
             }
         }
     }
