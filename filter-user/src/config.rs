@@ -258,6 +258,31 @@ mod tests {
     }
 
     #[test]
+    fn the_contrib_example_parses_with_its_crowdsec_section_uncommented() {
+        let text = include_str!("../../contrib/floodwall.toml");
+        assert!(parse(text).expect("as shipped").crowdsec.is_none());
+        let (before, section) = text
+            .split_once("# [crowdsec]")
+            .expect("a commented section");
+        let uncommented: String = section
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|rest| rest.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let uncommented = format!("{before}[crowdsec]{uncommented}");
+        let crowdsec = parse(&uncommented)
+            .expect("uncommented")
+            .crowdsec
+            .expect("a [crowdsec] section");
+        assert!(crowdsec.pushes());
+        assert_eq!(crowdsec.update_frequency_secs, 10);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = parse("[limits]\npsp = 1\n").expect_err("unknown key");
         assert!(err.to_string().contains("psp"), "{err}");
