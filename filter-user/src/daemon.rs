@@ -22,11 +22,11 @@ use crate::{
     cidr::Cidr,
     config::{ConfigError, FileConfig, ServiceConfig},
     kernel::{self, AttachMode, KernelError},
-    lists::{self, AddOptions},
+    lists::{self, FeedChange, FeedEntry},
     metrics::{self, ServiceCounters},
     paths::{Paths, PathsError},
     reload::{self, ReloadError},
-    state::{ListKind, Origin, State, StateError, unix_now},
+    state::{ListKind, Origin, OwnWrites, State, StateError, unix_now},
     stats::{Stats, source_addr},
 };
 
@@ -91,16 +91,6 @@ pub struct RunOptions {
 const MAX_EVENTS_PER_POLL: usize = 10_000;
 /// How often map fill is checked against `map_fill_percent`.
 const FILL_CHECK: Duration = Duration::from_secs(10);
-
-/// What tells a file's versions apart: inode (state saves rename a new file into place),
-/// modification time and length.
-type FileStamp = (u64, std::time::SystemTime, u64);
-
-fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = fs::metadata(path).ok()?;
-    Some((meta.ino(), meta.modified().ok()?, meta.len()))
-}
 
 pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
     let config_path = options
@@ -195,7 +185,8 @@ async fn serve(
     ));
     info!("serving metrics on http://{metrics_addr}/metrics");
 
-    let mut bouncer = BouncerTask::start(paths, file.crowdsec.as_ref(), &counters)?;
+    let own = Arc::new(OwnWrites::default());
+    let mut bouncer = BouncerTask::start(paths, file.crowdsec.as_ref(), &counters, &own)?;
     let events = kernel::open_events(paths)?;
     // SAFETY: the ring buffer owns its map's descriptor and keeps it open, unchanged, for as
     // long as it lives, and the AsyncFd owns the ring buffer.
@@ -204,7 +195,11 @@ async fn serve(
     }
     .map_err(|e| DaemonError::Events(std::io::Error::other(e.to_string())))?;
     let sources = kernel::open_sources(paths)?;
-    let mut watch = Watch::new(file.service.clone(), Arc::clone(&counters));
+    let mut watch = Watch::new(
+        file.service.clone(),
+        Arc::clone(&counters),
+        Arc::clone(&own),
+    );
     watch.push = bouncer.alerts();
     watch.read_prefixes(paths);
     let mut tick = tokio::time::interval_at(
@@ -222,7 +217,7 @@ async fn serve(
                         Ok(_) => {
                             info!("reloaded `{}`", config_path.display());
                             if new.crowdsec != file.crowdsec {
-                                match BouncerTask::start(paths, new.crowdsec.as_ref(), &counters) {
+                                match BouncerTask::start(paths, new.crowdsec.as_ref(), &counters, &own) {
                                     Ok(task) => {
                                         bouncer = task;
                                         watch.push = bouncer.alerts();
@@ -299,6 +294,7 @@ impl BouncerTask {
         paths: &Paths,
         config: Option<&crate::crowdsec::config::CrowdsecConfig>,
         counters: &Arc<ServiceCounters>,
+        own: &Arc<OwnWrites>,
     ) -> Result<BouncerTask, DaemonError> {
         counters
             .crowdsec_on
@@ -310,8 +306,13 @@ impl BouncerTask {
                 alerts: None,
             });
         };
-        let bouncer = crate::crowdsec::Bouncer::new(paths, config, Arc::clone(&counters.crowdsec))
-            .map_err(DaemonError::Crowdsec)?;
+        let bouncer = crate::crowdsec::Bouncer::new(
+            paths,
+            config,
+            Arc::clone(&counters.crowdsec),
+            Arc::clone(own),
+        )
+        .map_err(DaemonError::Crowdsec)?;
         let (tx, rx) = tokio::sync::mpsc::channel(ALERT_QUEUE);
         info!(
             "CrowdSec bouncer: pulling decisions from {} every {}s{}",
@@ -360,8 +361,10 @@ struct Watch {
     fill_alerts: HashSet<&'static str>,
     /// When map fill was last checked.
     last_fill_check: Option<Instant>,
-    /// The state file as last read (see [`file_stamp`]).
-    state_seen: Option<FileStamp>,
+    /// The state file as last read, or as this process last wrote it.
+    state_seen: Option<crate::state::Stamp>,
+    /// Changes this process made itself (bans, CrowdSec), followed without reading them back.
+    own: Arc<OwnWrites>,
     /// The earliest expiry of a list entry in it (Unix s).
     next_expiry: Option<u64>,
     /// Its allowlist (entries in force then), so bans need not read the whole state.
@@ -379,8 +382,9 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(service: ServiceConfig, counters: Arc<ServiceCounters>) -> Watch {
+    fn new(service: ServiceConfig, counters: Arc<ServiceCounters>, own: Arc<OwnWrites>) -> Watch {
         Watch {
+            own,
             log_second: unix_now(),
             log_budget: service.log_lines_per_sec,
             service,
@@ -560,7 +564,18 @@ impl Watch {
     /// is due to expire, not every second: it holds every list entry (a large blocklist is
     /// tens of megabytes), and reading it each tick cost a CPU core and the memory bound.
     fn sweep(&mut self, paths: &Paths, now: u64) {
-        let stamp = file_stamp(&paths.state_file());
+        for write in self.own.take() {
+            if write.before != self.state_seen {
+                // Someone else wrote in between: read the file below.
+                break;
+            }
+            self.state_seen = write.after;
+            self.next_expiry = match (self.next_expiry, write.earliest_expiry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let stamp = crate::state::stamp(paths);
         let due = self.next_expiry.is_some_and(|t| t <= now);
         if stamp == self.state_seen && !due {
             return;
@@ -568,6 +583,7 @@ impl Watch {
         let Ok(state) = State::load(paths) else {
             return;
         };
+        self.counters.state_reads.fetch_add(1, Ordering::Relaxed);
         self.state_seen = stamp;
         self.allowlist = lists::list_live(&state, ListKind::Allow)
             .map(|r| (r.cidr, r.expires_at))
@@ -588,7 +604,7 @@ impl Watch {
                     }
                     // The sweep rewrote the file; what it left is what was just read, less
                     // the expired entries.
-                    self.state_seen = file_stamp(&paths.state_file());
+                    self.state_seen = crate::state::stamp(paths);
                 }
                 Err(e) => {
                     warn!("sweeping expired entries: {e}");
@@ -630,34 +646,42 @@ impl Watch {
         }
         for ((ttl_secs, offence, over_secs), group) in groups {
             let keys: HashMap<Cidr, SourceKey> = group.iter().copied().collect();
-            let cidrs: Vec<Cidr> = group.into_iter().map(|(cidr, _)| cidr).collect();
             let comment = format!("over its limit for {over_secs}s (offence {offence})");
-            let options = AddOptions {
-                ttl: Some(Duration::from_secs(ttl_secs)),
-                comment: Some(&comment),
+            let upserts: Vec<FeedEntry> = group
+                .iter()
+                .map(|(cidr, _)| FeedEntry {
+                    cidr: *cidr,
+                    ttl: Some(Duration::from_secs(ttl_secs)),
+                    comment: comment.clone(),
+                })
+                .collect();
+            // A ban never replaces an entry another origin made (a permanent manual block
+            // would otherwise turn into a ban that expires).
+            let change = FeedChange {
                 origin: Origin::Auto,
-                force: false,
+                removals: &[],
+                upserts: &upserts,
+                replace: false,
             };
-            let added = match lists::add(paths, ListKind::Block, &cidrs, &options, &|_| {}) {
-                Ok(_) => cidrs,
-                // One refused entry (this host's own address, say) refuses the whole batch:
-                // add the others one by one.
-                Err(_) if cidrs.len() > 1 => cidrs
-                    .into_iter()
-                    .filter(|cidr| {
-                        lists::add(paths, ListKind::Block, &[*cidr], &options, &|_| {})
-                            .map_err(|e| warn!("not banning {cidr}: {e}"))
-                            .is_ok()
-                    })
-                    .collect(),
+            let outcome = match lists::apply_feed(paths, &change) {
+                Ok(outcome) => outcome,
                 Err(e) => {
-                    for cidr in &cidrs {
+                    for (cidr, _) in &group {
                         warn!("not banning {cidr}: {e}");
                     }
-                    Vec::new()
+                    continue;
                 }
             };
-            for cidr in added {
+            self.own.record(outcome.write);
+            for (cidr, e) in &outcome.refused {
+                warn!("not banning {cidr}: {e}");
+            }
+            for (cidr, _) in group {
+                if outcome.foreign.contains(&cidr)
+                    || outcome.refused.iter().any(|(c, _)| *c == cidr)
+                {
+                    continue;
+                }
                 self.counters.bans.fetch_add(1, Ordering::Relaxed);
                 if offence > 1 {
                     self.counters.escalations.fetch_add(1, Ordering::Relaxed);

@@ -411,9 +411,11 @@ pub struct FeedOutcome {
     pub refreshed: usize,
     pub removed: usize,
     /// Upserts left alone because another origin's entry holds the same CIDR.
-    pub foreign: usize,
+    pub foreign: Vec<Cidr>,
     /// Upserts refused by the lock-out protection, with the reason.
     pub refused: Vec<(Cidr, ListError)>,
+    /// The change as the state file saw it.
+    pub write: crate::state::OwnWrite,
 }
 
 /// Applies a feed's change to the blocklist as one all-or-nothing transaction: removals that
@@ -431,6 +433,7 @@ pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome,
         }
     }
     let (_lock, mut state) = loaded_state(paths)?;
+    let before = crate::state::stamp(paths);
     let now = unix_now();
     let ours = |state: &State, cidr: &Cidr| {
         state
@@ -455,7 +458,7 @@ pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome,
     let unix_ns = unix_now_ns();
     for entry in accepted {
         if state.list(kind).contains_key(&entry.cidr) && !ours(&state, &entry.cidr) {
-            outcome.foreign += 1;
+            outcome.foreign.push(entry.cidr);
             continue;
         }
         let expires_at = entry.ttl.map(|ttl| {
@@ -489,9 +492,18 @@ pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome,
             (None, false) => {}
         }
     }
+    let earliest_expiry = changes
+        .values()
+        .filter_map(|r| r.as_ref().and_then(|r| r.expires_at))
+        .min();
     if !changes.is_empty() {
         apply(paths, &mut state, kind, changes, &|_| {})?;
     }
+    outcome.write = crate::state::OwnWrite {
+        before,
+        after: crate::state::stamp(paths),
+        earliest_expiry,
+    };
     Ok(outcome)
 }
 

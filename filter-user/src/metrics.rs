@@ -31,6 +31,8 @@ pub struct ServiceCounters {
     pub escalations: AtomicU64,
     /// Times `floodwall run` switched an `auto` SYN challenge on or off.
     pub syn_switches: AtomicU64,
+    /// Times the service read the whole state file (changes it did not make itself).
+    pub state_reads: AtomicU64,
     /// Whether a `[crowdsec]` section is in force: its metrics are shown only then.
     pub crowdsec_on: AtomicBool,
     pub crowdsec: Arc<crate::crowdsec::CrowdsecCounters>,
@@ -110,6 +112,12 @@ impl Collector for FloodwallCollector {
                 "floodwall_ban_escalations",
                 "Automatic bans longer than a first offence's",
                 &service.escalations,
+            ),
+            (
+                "floodwall_state_reads",
+                "Times the service read the whole state file: changes it did not make itself, \
+                 or entries due to expire",
+                &service.state_reads,
             ),
             (
                 "floodwall_syn_challenge_switches",

@@ -248,3 +248,50 @@ impl Lock {
         Ok(Lock { _file: file })
     }
 }
+
+/// What tells versions of the state file apart: inode (saves rename a new file into place),
+/// modification time and length.
+pub type Stamp = (u64, SystemTime, u64);
+
+/// The state file's version now, if it exists.
+pub fn stamp(paths: &Paths) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(paths.state_file()).ok()?;
+    Some((meta.ino(), meta.modified().ok()?, meta.len()))
+}
+
+/// One change this process made to the state file: its version before and after (both taken
+/// under the lock), and the earliest expiry it added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnWrite {
+    pub before: Option<Stamp>,
+    pub after: Option<Stamp>,
+    pub earliest_expiry: Option<u64>,
+}
+
+/// The changes `floodwall run` made itself, in order, so that its reader of the state file can
+/// follow them without reading back a file it wrote (a large blocklist is tens of MB).
+#[derive(Debug, Default)]
+pub struct OwnWrites(std::sync::Mutex<Vec<OwnWrite>>);
+
+/// Own writes remembered at most between two reads; beyond it the reader reads the file.
+const OWN_WRITES_KEPT: usize = 1024;
+
+impl OwnWrites {
+    pub fn record(&self, write: OwnWrite) {
+        if let Ok(mut writes) = self.0.lock() {
+            if writes.len() >= OWN_WRITES_KEPT {
+                // The reader fell behind: the chain breaks and it reads the file once.
+                writes.clear();
+            }
+            writes.push(write);
+        }
+    }
+
+    pub fn take(&self) -> Vec<OwnWrite> {
+        self.0
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
+    }
+}

@@ -1032,3 +1032,65 @@ fn bans_follow_a_live_prefix_change() -> Result<()> {
     service.ok = true;
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_service_follows_its_own_bans_without_reading_the_state_back() -> Result<()> {
+    let net = Net::new(0)?;
+    let _sink = udp_sink(&net.server, net.server_addr()?)?;
+    let fw = Floodwall::new(Some(&net.server))?;
+    // Bans long enough that none expires (an expiry due is a reason to read) during the test.
+    let config = config_text(20, 20).replace("base_secs = 3", "base_secs = 300");
+    write_config(&fw, &config)?;
+    let mut service = Service::start(&fw, net.server_if(), &[], "reads")?;
+    let reads = || -> Result<f64> {
+        metric(
+            &parse_metrics(&scrape(&net)?)?,
+            "floodwall_state_reads_total",
+        )
+    };
+    // The first tick reads the state once.
+    let start = Instant::now();
+    while reads()? < 1.0 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = reads()?;
+    ensure!(before >= 1.0, "the service never read its state");
+    let flood = Flood::start(
+        &net.client,
+        &[ip(CLIENT4)?],
+        net.server_addr()?,
+        300,
+        Duration::from_secs(20),
+    )?;
+    let start = Instant::now();
+    while entry_for(&block_list(&fw)?, CLIENT4).is_none()
+        && start.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    flood.stop();
+    ensure!(
+        entry_for(&block_list(&fw)?, CLIENT4).is_some(),
+        "{CLIENT4} was never banned"
+    );
+    // Two ticks after the ban.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let after_ban = reads()?;
+    ensure!(
+        after_ban == before,
+        "the service read the state back after its own ban ({before} -> {after_ban} reads)"
+    );
+    // A change the service did not make is read.
+    fw.ok(&["allow", "add", ALLOWED4])?;
+    let start = Instant::now();
+    while reads()? == after_ban && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        reads()? == after_ban + 1.0,
+        "an outside change was not read exactly once"
+    );
+    service.ok = true;
+    Ok(())
+}

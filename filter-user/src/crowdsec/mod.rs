@@ -28,7 +28,7 @@ use crate::{
     cidr::Cidr,
     lists::{self, FeedChange, FeedEntry},
     paths::Paths,
-    state::{Origin, unix_now},
+    state::{Origin, OwnWrites, unix_now},
 };
 
 /// What the bouncer counts, for metrics.
@@ -206,6 +206,8 @@ pub struct Bouncer {
     filter: Filter,
     held: Held,
     counters: Arc<CrowdsecCounters>,
+    /// Where this bouncer's changes are told to the service's reader of the state file.
+    own: Arc<OwnWrites>,
     synced: bool,
     next_resync: Instant,
     failures: u32,
@@ -215,6 +217,8 @@ pub struct Bouncer {
 /// A change that failed to fit is repaired by a full pull this soon (or at the resync period,
 /// when that is shorter), not an hour later.
 const RETRY_RESYNC: Duration = Duration::from_secs(60);
+/// Changes at least this big are followed by a `malloc_trim`.
+const TRIM_AFTER: usize = 10_000;
 /// Alerts sent in one request at most.
 const ALERTS_PER_PUSH: usize = 100;
 
@@ -224,6 +228,7 @@ impl Bouncer {
         paths: &Paths,
         config: &CrowdsecConfig,
         counters: Arc<CrowdsecCounters>,
+        own: Arc<OwnWrites>,
     ) -> Result<Bouncer, LapiError> {
         let lapi = Lapi::new(config)?;
         // What the store holds from before is enforced until the first pull says otherwise.
@@ -236,6 +241,7 @@ impl Bouncer {
             filter: Filter::new(config),
             held: Held::new(),
             counters,
+            own,
             synced: false,
             next_resync: Instant::now(),
             failures: 0,
@@ -362,6 +368,12 @@ impl Bouncer {
                     replace: full,
                 },
             );
+            if upserts.len() + removals.len() >= TRIM_AFTER {
+                // A big change leaves tens of MB free in the allocator's arenas: give them
+                // back, so the service's resident memory follows what it holds.
+                // SAFETY: malloc_trim has no preconditions.
+                unsafe { libc::malloc_trim(0) };
+            }
             (removals, upserts, result)
         })
         .await
@@ -377,6 +389,7 @@ impl Bouncer {
         });
         match result {
             Ok(outcome) => {
+                self.own.record(outcome.write);
                 if let Some(new_held) = plan.full.take() {
                     self.held = new_held;
                     self.synced = true;
