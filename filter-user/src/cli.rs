@@ -132,16 +132,27 @@ pub enum ListCommand {
         /// Block even a prefix that holds one of this host's own addresses
         #[arg(long)]
         force: bool,
+        /// Print what changed as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Remove addresses or CIDRs
     Del {
         #[arg(required = true, value_name = "CIDR")]
         cidrs: Vec<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Show the entries, with time left and origin
     List {
         #[arg(long)]
         json: bool,
+        /// Only entries of this origin: manual, import, auto, crowdsec
+        #[arg(long, value_parser = parse_origin)]
+        origin: Option<Origin>,
+        /// Only entries that cover this address
+        #[arg(long, value_name = "ADDR")]
+        contains: Option<std::net::IpAddr>,
     },
     /// Add every entry of a file (plain, ipset save, FireHOL, Spamhaus DROP), or - for stdin
     Import {
@@ -153,9 +164,30 @@ pub enum ListCommand {
         comment: Option<String>,
         #[arg(long)]
         force: bool,
+        /// Make the imported entries exactly this file: earlier imported entries missing from
+        /// it are removed in the same change (for feeds); entries of other origins stay
+        #[arg(long)]
+        replace: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Remove every entry
-    Flush,
+    Flush {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_origin(text: &str) -> Result<Origin, String> {
+    [
+        Origin::Manual,
+        Origin::Import,
+        Origin::Auto,
+        Origin::Crowdsec,
+    ]
+    .into_iter()
+    .find(|o| o.name() == text)
+    .ok_or_else(|| format!("`{text}` is not an origin: use manual, import, auto or crowdsec"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -371,8 +403,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             metrics,
             detach_on_exit,
         } => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .init();
+            crate::logging::init();
             let options = crate::daemon::RunOptions {
                 ifaces,
                 mode,
@@ -431,6 +462,7 @@ fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), C
             ttl,
             comment,
             force,
+            json,
         } => {
             let cidrs = parse_cidrs(&cidrs)?;
             let options = AddOptions {
@@ -444,19 +476,35 @@ fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), C
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
-            println!(
-                "{unique} on the {}: {new} new, {} updated",
-                kind.name(),
-                unique - new
-            );
+            if json {
+                print_json(&json!({ "list": kind.name(), "new": new, "updated": unique - new }))?;
+            } else {
+                println!(
+                    "{unique} on the {}: {new} new, {} updated",
+                    kind.name(),
+                    unique - new
+                );
+            }
         }
-        ListCommand::Del { cidrs } => {
+        ListCommand::Del { cidrs, json } => {
             let cidrs = parse_cidrs(&cidrs)?;
             lists::del(paths, kind, &cidrs)?;
-            println!("removed {} from the {}", cidrs.len(), kind.name());
+            if json {
+                print_json(&json!({ "list": kind.name(), "removed": cidrs.len() }))?;
+            } else {
+                println!("removed {} from the {}", cidrs.len(), kind.name());
+            }
         }
-        ListCommand::List { json } => {
-            let records = lists::list(paths, kind)?;
+        ListCommand::List {
+            json,
+            origin,
+            contains,
+        } => {
+            let records: Vec<_> = lists::list(paths, kind)?
+                .into_iter()
+                .filter(|r| origin.is_none_or(|o| r.origin == o))
+                .filter(|r| contains.is_none_or(|a| r.cidr.contains(&a)))
+                .collect();
             let now_ns = unix_now_ns();
             // Whole seconds left, rounded down: never more than the TTL given.
             let left =
@@ -498,6 +546,8 @@ fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), C
             ttl,
             comment,
             force,
+            replace,
+            json,
         } => {
             let text = if file == "-" {
                 let mut text = String::new();
@@ -529,19 +579,71 @@ fn list_command(paths: &Paths, kind: ListKind, cmd: ListCommand) -> Result<(), C
                     bar.set_position(done as u64);
                 }
             };
-            let new = lists::add(paths, kind, &cidrs, &options, &progress)?;
+            let (new, updated, removed, kept) = if replace {
+                if kind == ListKind::Block {
+                    // Bad input changes nothing: refused whole, as without --replace.
+                    lists::check_lockout(&cidrs, force)?;
+                }
+                let upserts: Vec<lists::FeedEntry> = cidrs
+                    .iter()
+                    .map(|cidr| lists::FeedEntry {
+                        cidr: *cidr,
+                        ttl,
+                        comment: comment.clone().unwrap_or_default(),
+                    })
+                    .collect();
+                let outcome = lists::apply_feed(
+                    paths,
+                    &lists::FeedChange {
+                        kind,
+                        origin: Origin::Import,
+                        removals: &[],
+                        upserts: &upserts,
+                        replace: true,
+                    },
+                )?;
+                (
+                    outcome.added,
+                    outcome.refreshed,
+                    outcome.removed,
+                    outcome.foreign.len(),
+                )
+            } else {
+                let new = lists::add(paths, kind, &cidrs, &options, &progress)?;
+                (new, total - new, 0, 0)
+            };
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
-            println!(
-                "imported {total} entries into the {}: {new} new, {} updated",
-                kind.name(),
-                total - new
-            );
+            if json {
+                print_json(&json!({
+                    "list": kind.name(),
+                    "entries": total,
+                    "new": new,
+                    "updated": updated,
+                    "removed": removed,
+                    "kept_other_origin": kept,
+                }))?;
+            } else if replace {
+                println!(
+                    "imported {total} entries into the {}: {new} new, {updated} updated, \
+                     {removed} earlier imports removed, {kept} left to another origin",
+                    kind.name()
+                );
+            } else {
+                println!(
+                    "imported {total} entries into the {}: {new} new, {updated} updated",
+                    kind.name()
+                );
+            }
         }
-        ListCommand::Flush => {
+        ListCommand::Flush { json } => {
             let n = lists::flush(paths, kind)?;
-            println!("removed {n} entries from the {}", kind.name());
+            if json {
+                print_json(&json!({ "list": kind.name(), "removed": n }))?;
+            } else {
+                println!("removed {n} entries from the {}", kind.name());
+            }
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ use crate::{
     config::{ConfigError, FileConfig, ServiceConfig},
     kernel::{self, AttachMode, KernelError},
     lists::{self, FeedChange, FeedEntry},
+    logging::{DROP_LINES, DROP_TARGET},
     metrics::{self, ServiceCounters},
     paths::{Paths, PathsError},
     reload::{self, ReloadError},
@@ -161,6 +162,7 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let counters = Arc::new(ServiceCounters::default());
+    DROP_LINES.set_cap(file.service.log_lines_per_sec);
     let metrics_addr = match options.metrics {
         Some(addr) => addr,
         None => file
@@ -225,6 +227,7 @@ async fn serve(
                                     Err(e) => error!("[crowdsec] not changed: {e}"),
                                 }
                             }
+                            DROP_LINES.set_cap(new.service.log_lines_per_sec);
                             watch.service = new.service.clone();
                             *file = new;
                         }
@@ -343,6 +346,18 @@ impl Drop for BouncerTask {
     }
 }
 
+/// An interface by index, named only when a log line that shows it is written.
+struct IfName(u32);
+
+impl std::fmt::Display for IfName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match kernel::ifname(self.0) {
+            Some(name) => f.write_str(&name),
+            None => write!(f, "if{}", self.0),
+        }
+    }
+}
+
 type SourceMap = aya::maps::HashMap<aya::maps::MapData, SourceKey, filter_common::SourceState>;
 
 /// The service's per-second work and its bounded memory.
@@ -350,12 +365,6 @@ struct Watch {
     service: ServiceConfig,
     counters: Arc<ServiceCounters>,
     offenders: Offenders,
-    /// The wall-clock second (Unix time) `log_budget` is for: the cap holds per second of the
-    /// log's own timestamps, not per stretch between ticks (one may straddle two seconds).
-    log_second: u64,
-    /// Log lines left in `log_second`.
-    log_budget: u32,
-    suppressed_this_second: u64,
     last_dropped: Option<(Instant, u64)>,
     drop_alert: bool,
     fill_alerts: HashSet<&'static str>,
@@ -385,12 +394,9 @@ impl Watch {
     fn new(service: ServiceConfig, counters: Arc<ServiceCounters>, own: Arc<OwnWrites>) -> Watch {
         Watch {
             own,
-            log_second: unix_now(),
-            log_budget: service.log_lines_per_sec,
             service,
             counters,
             offenders: Offenders::default(),
-            suppressed_this_second: 0,
             last_dropped: None,
             drop_alert: false,
             fill_alerts: HashSet::new(),
@@ -469,44 +475,31 @@ impl Watch {
         self.counters.syn_switches.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Starts a new log budget when the wall clock has moved on to another second, first
-    /// reporting what the last one suppressed.
-    fn roll_log_second(&mut self) {
-        let now = unix_now();
-        if now == self.log_second {
-            return;
-        }
-        if self.suppressed_this_second > 0 {
+    /// Reports the drop lines the cap held back in the seconds now over (see [`crate::logging`]).
+    fn report_suppressed(&self) {
+        let n = DROP_LINES.take_unreported(unix_now());
+        if n > 0 {
             warn!(
-                "suppressed {} drop log lines in the last second (cap {} per second)",
-                self.suppressed_this_second, self.service.log_lines_per_sec
+                "suppressed {n} drop log lines in the last second (cap {} per second)",
+                DROP_LINES.cap()
             );
-            self.suppressed_this_second = 0;
         }
-        self.log_second = now;
-        self.log_budget = self.service.log_lines_per_sec;
     }
 
     fn event(&mut self, event: &DropEvent, sources: &SourceMap) {
         self.counters.events.fetch_add(1, Ordering::Relaxed);
-        self.roll_log_second();
         let raw = SourceKey {
             family: event.family,
             addr: event.addr,
         };
         let reason = Reason::from_u32(event.reason).map_or("unknown", Reason::name);
-        if self.log_budget > 0 {
-            self.log_budget -= 1;
-            self.counters.log_lines.fetch_add(1, Ordering::Relaxed);
-            let iface =
-                kernel::ifname(event.ifindex).unwrap_or_else(|| format!("if{}", event.ifindex));
-            info!("drop {reason} from {} on {iface}", source_addr(&raw));
-        } else {
-            self.suppressed_this_second += 1;
-            self.counters
-                .log_lines_suppressed
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        // The cap is applied where the line is written (and counted there).
+        info!(
+            target: DROP_TARGET,
+            "drop {reason} from {} on {}",
+            source_addr(&raw),
+            IfName(event.ifindex)
+        );
         if self.service.bans.enabled
             && matches!(
                 Reason::from_u32(event.reason),
@@ -533,7 +526,7 @@ impl Watch {
     }
 
     fn tick(&mut self, paths: &Paths, sources: &SourceMap) {
-        self.roll_log_second();
+        self.report_suppressed();
         self.read_prefixes(paths);
         let now = unix_now();
         self.sweep(paths, now);
@@ -658,6 +651,7 @@ impl Watch {
             // A ban never replaces an entry another origin made (a permanent manual block
             // would otherwise turn into a ban that expires).
             let change = FeedChange {
+                kind: ListKind::Block,
                 origin: Origin::Auto,
                 removals: &[],
                 upserts: &upserts,

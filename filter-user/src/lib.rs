@@ -12,6 +12,7 @@ pub mod import;
 pub mod kernel;
 pub mod limits;
 pub mod lists;
+pub mod logging;
 pub mod metrics;
 pub mod paths;
 pub mod pidfile;

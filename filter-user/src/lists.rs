@@ -393,9 +393,10 @@ pub struct FeedEntry {
     pub comment: String,
 }
 
-/// A change to the blocklist entries one feed owns (CrowdSec decisions): entries another
-/// origin put there are never replaced or removed by it.
+/// A change to the entries one feed owns (CrowdSec decisions, bans, an imported list): entries
+/// another origin put there are never replaced or removed by it.
 pub struct FeedChange<'a> {
+    pub kind: ListKind,
     pub origin: Origin,
     /// Removed first, so an entry both removed and added in one change stays.
     pub removals: &'a [Cidr],
@@ -418,16 +419,20 @@ pub struct FeedOutcome {
     pub write: crate::state::OwnWrite,
 }
 
-/// Applies a feed's change to the blocklist as one all-or-nothing transaction: removals that
-/// are not listed are ignored (feeds repeat deletions), entries that would block loopback or
+/// Applies a feed's change as one all-or-nothing transaction: removals that are not listed
+/// are ignored (feeds repeat deletions), and blocklist entries that would block loopback or
 /// this host's own address are refused one by one and the rest applied.
 pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome, ListError> {
-    let kind = ListKind::Block;
+    let kind = change.kind;
     let mut outcome = FeedOutcome::default();
     let mut accepted = Vec::with_capacity(change.upserts.len());
     let own = own_addresses();
     for entry in change.upserts {
-        match check_lockout_with(&[entry.cidr], false, &own) {
+        let check = match kind {
+            ListKind::Block => check_lockout_with(&[entry.cidr], false, &own),
+            ListKind::Allow => Ok(()),
+        };
+        match check {
             Ok(()) => accepted.push(entry),
             Err(e) => outcome.refused.push((entry.cidr, e)),
         }

@@ -25,8 +25,6 @@ use crate::{kernel, paths::Paths, state::ListKind, stats::Stats};
 #[derive(Debug, Default)]
 pub struct ServiceCounters {
     pub events: AtomicU64,
-    pub log_lines: AtomicU64,
-    pub log_lines_suppressed: AtomicU64,
     pub bans: AtomicU64,
     pub escalations: AtomicU64,
     /// Times `floodwall run` switched an `auto` SYN challenge on or off.
@@ -100,12 +98,12 @@ impl Collector for FloodwallCollector {
             (
                 "floodwall_log_lines",
                 "Drop log lines written",
-                &service.log_lines,
+                &crate::logging::DROP_LINES.logged,
             ),
             (
                 "floodwall_log_lines_suppressed",
                 "Drop log lines not written because of the lines-per-second cap",
-                &service.log_lines_suppressed,
+                &crate::logging::DROP_LINES.suppressed,
             ),
             ("floodwall_auto_bans", "Automatic bans", &service.bans),
             (

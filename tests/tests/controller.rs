@@ -867,3 +867,93 @@ fn stats_watch_survives_a_detach() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn import_replace_follows_a_feed_and_list_filters_by_origin_and_address() -> Result<()> {
+    let host = Host::new("ctl")?;
+    let fw = host.attached()?;
+    fw.ok(&["block", "add", "192.0.2.1", "--comment", "mine"])?;
+    fw.ok_with_stdin(
+        &["block", "import", "-"],
+        b"198.51.100.1\n198.51.100.2\n203.0.113.0/24\n",
+    )?;
+    // The feed's next version: .1 and the /24 are gone, .3 is new, and 192.0.2.1 is in it too
+    // but stays the operator's own entry.
+    let out = fw.run_with_stdin(
+        &["block", "import", "-", "--replace", "--json", "--ttl", "1h"],
+        Some(b"198.51.100.2\n198.51.100.3\n192.0.2.1\n"),
+    )?;
+    let summary: Value = serde_json::from_str(&check_ok(&["block", "import"], &out)?)?;
+    ensure!(
+        summary["new"] == 1
+            && summary["updated"] == 1
+            && summary["removed"] == 2
+            && summary["kept_other_origin"] == 1,
+        "import --replace said {summary}"
+    );
+    ensure!(
+        block_cidrs(&fw)? == set(&["192.0.2.1", "198.51.100.2", "198.51.100.3"]),
+        "after the replace: {:?}",
+        block_cidrs(&fw)?
+    );
+    let mine = block_list(&fw)?
+        .into_iter()
+        .find(|e| e["cidr"] == "192.0.2.1")
+        .context("the manual entry")?;
+    ensure!(
+        mine["origin"] == "manual" && mine["expires_at"].is_null(),
+        "the manual entry was taken over by the feed: {mine}"
+    );
+    // The kernel holds exactly what the list shows.
+    let status = fw.json(&["status", "--json"])?;
+    let hosts = status["maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|e| e["name"] == "BLOCK4_HOST"))
+        .and_then(|e| e["entries"].as_u64());
+    let nets = status["maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|e| e["name"] == "BLOCK4_NET"))
+        .and_then(|e| e["entries"].as_u64());
+    ensure!(
+        hosts == Some(3) && nets == Some(0),
+        "kernel maps: {hosts:?} hosts, {nets:?} nets"
+    );
+
+    let cidrs = |args: &[&str]| -> Result<BTreeSet<String>> {
+        let mut all = vec!["block", "list", "--json"];
+        all.extend_from_slice(args);
+        Ok(fw
+            .json(&all)?
+            .as_array()
+            .context("not an array")?
+            .iter()
+            .filter_map(|e| e["cidr"].as_str().map(str::to_owned))
+            .collect())
+    };
+    ensure!(cidrs(&["--origin", "import"])? == set(&["198.51.100.2", "198.51.100.3"]));
+    ensure!(cidrs(&["--origin", "manual"])? == set(&["192.0.2.1"]));
+    ensure!(cidrs(&["--contains", "198.51.100.3"])? == set(&["198.51.100.3"]));
+    ensure!(cidrs(&["--origin", "manual", "--contains", "198.51.100.3"])?.is_empty());
+    rejected(
+        &fw,
+        &["block", "list", "--origin", "feed"],
+        2,
+        "not an origin",
+    )?;
+    // A lock-out entry refuses the whole replace: nothing changes.
+    let before = block_cidrs(&fw)?;
+    let out = fw.run_with_stdin(
+        &["block", "import", "-", "--replace"],
+        Some(format!("198.51.100.9\n{HOST4}\n").as_bytes()),
+    )?;
+    ensure!(
+        out.status.code() == Some(2),
+        "a lock-out entry was not refused: {out:?}"
+    );
+    ensure!(
+        block_cidrs(&fw)? == before,
+        "a refused replace changed the list"
+    );
+    Ok(())
+}

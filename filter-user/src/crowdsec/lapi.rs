@@ -8,6 +8,7 @@ use serde_json::json;
 use thiserror::Error;
 
 use super::{config::CrowdsecConfig, decisions::StreamBody};
+use crate::logging::rfc3339;
 
 #[derive(Debug, Error)]
 pub enum LapiError {
@@ -291,38 +292,4 @@ fn alert_json(alert: &Alert) -> serde_json::Value {
             "scenario": alert.scenario,
         }],
     })
-}
-
-/// Unix seconds as RFC 3339 in UTC (`2026-12-02T01:51:33Z`).
-pub fn rfc3339(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3_600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_796_176_293), "2026-12-02T01:51:33Z");
-    }
 }

@@ -362,6 +362,7 @@ impl Bouncer {
             let result = lists::apply_feed(
                 &paths,
                 &FeedChange {
+                    kind: crate::state::ListKind::Block,
                     origin: Origin::Crowdsec,
                     removals: &removals,
                     upserts: &upserts,
