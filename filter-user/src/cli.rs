@@ -7,7 +7,7 @@ use std::{
 };
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
-use filter_common::Reason;
+use filter_common::{LIST_MAP_NAMES, Reason};
 use serde_json::json;
 use thiserror::Error;
 
@@ -299,6 +299,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Error)]
 pub enum CliError {
+    /// `status` as a health check: shown, then exit 3.
+    #[error("not enforcing: {why}")]
+    NotEnforcing { why: &'static str },
     #[error(transparent)]
     Attach(#[from] AttachError),
     #[error(transparent)]
@@ -340,7 +343,11 @@ pub enum CliError {
 impl CliError {
     /// 2 for bad usage or input, 1 for failures of the system.
     pub fn exit_code(&self) -> i32 {
+        if matches!(self, CliError::NotEnforcing { .. }) {
+            return 3;
+        }
         let bad_input = match self {
+            CliError::NotEnforcing { .. } => false,
             CliError::Attach(e) => e.is_bad_input(),
             CliError::List(e) => {
                 e.is_bad_input() || matches!(e, ListError::Kernel(KernelError::NotLoaded))
@@ -779,12 +786,16 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
             detail: e.to_string(),
         })
     })?;
+    let not_attached = CliError::NotEnforcing {
+        why: "floodwall is not attached (run `floodwall attach IFACE`)",
+    };
     if !paths.is_loaded() {
         if json {
-            return print_json(&json!({ "loaded": false, "interfaces": [] }));
+            print_json(&json!({ "loaded": false, "interfaces": [] }))?;
+        } else {
+            println!("floodwall is not attached: run `floodwall attach IFACE`");
         }
-        println!("floodwall is not attached: run `floodwall attach IFACE`");
-        return Ok(());
+        return Err(not_attached);
     }
     lists::recover_if_pending(paths)?;
     let state = State::load(paths)?;
@@ -796,14 +807,24 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
     let challenge_on = config.syn_on() || (config.syn_auto() && auto_active);
     let sysctl = crate::syncookies::state(paths).ok();
     // Only a running service's report is current.
-    let crowdsec = crate::pidfile::running_service(paths)
-        .and_then(|_| crate::crowdsec::BouncerStatus::read(paths));
+    let service_pid = crate::pidfile::running_service(paths);
+    let crowdsec = service_pid.and_then(|_| crate::crowdsec::BouncerStatus::read(paths));
+    // What the kernel holds, beside what the store holds: they differ only while a change is
+    // under way, or by expired entries not swept yet.
+    let kernel_entries = |prefix: &str| -> u64 {
+        fill.iter()
+            .filter(|m| LIST_MAP_NAMES.contains(&m.name) && m.name.starts_with(prefix))
+            .map(|m| m.entries)
+            .sum()
+    };
+    let (kernel_allow, kernel_block) = (kernel_entries("ALLOW"), kernel_entries("BLOCK"));
+    let enforcing = !links.is_empty() && !config.dry_run();
     if json {
         let ifaces: Vec<_> = links
             .iter()
             .map(|(iface, mode, _)| json!({ "iface": iface, "mode": mode }))
             .collect();
-        return print_json(&json!({
+        print_json(&json!({
             "loaded": true,
             "program_id": program_id,
             "interfaces": ifaces,
@@ -814,14 +835,18 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
                 "tcp_syncookies": sysctl.map(|s| s.current),
                 "tcp_syncookies_saved": sysctl.and_then(|s| s.saved),
             },
+            "enforcing": enforcing,
+            "service_pid": service_pid,
             "crowdsec": crowdsec,
             "limits": limits,
             "lists": {
                 "allow": lists::list_live(&state, ListKind::Allow).count(),
                 "block": lists::list_live(&state, ListKind::Block).count(),
             },
+            "kernel_lists": { "allow": kernel_allow, "block": kernel_block },
             "maps": fill,
-        }));
+        }))?;
+        return health(enforcing, links.is_empty());
     }
     println!("program:     id {program_id} (`bpftool prog show id {program_id}`)");
     println!("attached:");
@@ -872,10 +897,15 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
         );
     }
     println!(
-        "lists:       {} allowed, {} blocked",
+        "lists:       {} allowed, {} blocked (kernel maps: {kernel_allow} allow, {kernel_block} \
+         block entries)",
         lists::list_live(&state, ListKind::Allow).count(),
         lists::list_live(&state, ListKind::Block).count()
     );
+    match service_pid {
+        Some(pid) => println!("service:     floodwall run, pid {pid}"),
+        None => println!("service:     not running (`floodwall run IFACE`)"),
+    }
     println!("maps:");
     for m in &fill {
         let pct = if m.capacity == 0 {
@@ -888,7 +918,20 @@ fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
             m.name, m.entries, m.capacity
         );
     }
-    Ok(())
+    health(enforcing, links.is_empty())
+}
+
+/// `status`'s exit: 0 only while floodwall drops what its policy says to drop.
+fn health(enforcing: bool, no_links: bool) -> Result<(), CliError> {
+    match (enforcing, no_links) {
+        (true, _) => Ok(()),
+        (false, true) => Err(CliError::NotEnforcing {
+            why: "the filter is loaded but attached to no interface (`floodwall attach IFACE`)",
+        }),
+        (false, false) => Err(CliError::NotEnforcing {
+            why: "dry-run is on: nothing is dropped (`floodwall limit set --dry-run false`)",
+        }),
+    }
 }
 
 fn stats_command(paths: &Paths, json: bool, watch: Option<u64>) -> Result<(), CliError> {

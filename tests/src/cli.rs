@@ -253,6 +253,18 @@ impl<'a> Floodwall<'a> {
             .with_context(|| format!("floodwall {args:?}: stdout is not JSON: {text}"))
     }
 
+    /// `floodwall status --json`, whether floodwall enforces (exit 0) or not (exit 3: the
+    /// health check's answer, with the status still printed).
+    pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
+        let args = ["status", "--json"];
+        let out = self.run(&args)?;
+        if out.status.code() != Some(3) {
+            check_ok(&args, &out)?;
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("floodwall {args:?}: stdout is not JSON: {out:?}"))
+    }
+
     /// Runs `floodwall ARGS...`, fails unless it exits with `code`, and returns its stderr.
     pub fn fails(&self, args: &[&str], code: i32) -> anyhow::Result<String> {
         let out = self.run(args)?;

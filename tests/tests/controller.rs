@@ -48,7 +48,7 @@ fn snapshot(fw: &Floodwall<'_>) -> Result<Snapshot> {
         };
         Ok((out.status.code(), entries))
     };
-    let mut status = fw.json(&["status", "--json"])?;
+    let mut status = fw.status_json()?;
     if let Some(maps) = status.get_mut("maps").and_then(Value::as_array_mut) {
         maps.retain(|m| {
             m["name"]
@@ -244,7 +244,13 @@ fn commands_before_attach_say_how_to_attach() -> Result<()> {
         2,
         "floodwall attach",
     )?;
-    let status = fw.json(&["status", "--json"])?;
+    // A health check: shown, and exit 3.
+    let out = fw.run(&["status", "--json"])?;
+    ensure!(
+        out.status.code() == Some(3),
+        "status before attach: {out:?}"
+    );
+    let status: Value = serde_json::from_slice(&out.stdout)?;
     ensure!(
         status == json!({ "loaded": false, "interfaces": [] }),
         "status before attach: {status}"
@@ -441,7 +447,7 @@ fn lists_and_limits_survive_detach_and_attach() -> Result<()> {
         !fw.pin_dir().join("prog").exists(),
         "detach --all left the program pinned"
     );
-    let status = fw.json(&["status", "--json"])?;
+    let status = fw.status_json()?;
     ensure!(status["loaded"] == false, "status after detach: {status}");
     fw.ok(&["attach", host.iface()])?;
 
@@ -955,5 +961,35 @@ fn import_replace_follows_a_feed_and_list_filters_by_origin_and_address() -> Res
         block_cidrs(&fw)? == before,
         "a refused replace changed the list"
     );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn status_is_a_health_check() -> Result<()> {
+    let host = Host::new("ctl")?;
+    let fw = host.attached()?;
+    fw.ok(&["block", "add", "192.0.2.1", "198.51.100.0/24"])?;
+    let status = fw.json(&["status", "--json"])?;
+    ensure!(
+        status["enforcing"] == true
+            && status["service_pid"].is_null()
+            && status["kernel_lists"] == json!({ "allow": 0, "block": 2 })
+            && status["lists"]["block"] == 2,
+        "status while enforcing: {status}"
+    );
+    let text = fw.ok(&["status"])?;
+    ensure!(
+        text.contains("kernel maps: 0 allow, 2 block entries") && text.contains("not running"),
+        "status: {text}"
+    );
+    fw.ok(&["limit", "set", "--dry-run", "true"])?;
+    let stderr = fw.fails(&["status"], 3)?;
+    ensure!(stderr.contains("dry-run"), "status in dry-run: {stderr}");
+    fw.ok(&["limit", "set", "--dry-run", "false"])?;
+    fw.ok(&["status"])?;
+    fw.ok(&["detach", "--all"])?;
+    let stderr = fw.fails(&["status"], 3)?;
+    ensure!(stderr.contains("not attached"), "status detached: {stderr}");
     Ok(())
 }

@@ -88,7 +88,7 @@ fn snapshot(host: &Host, fw: &Floodwall<'_>) -> Result<Snapshot> {
         };
         Ok((out.status.code(), value))
     };
-    let mut status = fw.json(&["status", "--json"])?;
+    let mut status = fw.status_json()?;
     if let Some(maps) = status.get_mut("maps").and_then(Value::as_array_mut) {
         maps.retain(|m| {
             m["name"]

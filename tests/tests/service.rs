@@ -374,7 +374,7 @@ fn entry_for<'v>(list: &'v [Value], addr: &str) -> Option<&'v Value> {
 }
 
 fn attached_ifaces(fw: &Floodwall<'_>) -> Result<BTreeSet<String>> {
-    let status = fw.json(&["status", "--json"])?;
+    let status = fw.status_json()?;
     Ok(status["interfaces"]
         .as_array()
         .map(|a| {
