@@ -116,6 +116,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Why a frame from this address gets the verdict it gets now: list entries, its source
+    /// key, its limiter state, admission, the challenge, the global caps
+    Explain {
+        #[arg(value_name = "ADDR")]
+        addr: std::net::IpAddr,
+        /// The frame length the verdict is for (bytes, Ethernet header included)
+        #[arg(long, default_value_t = 64)]
+        len: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +314,8 @@ pub enum CliError {
     #[error("not enforcing: {why}")]
     NotEnforcing { why: &'static str },
     #[error(transparent)]
+    Explain(#[from] crate::explain::ExplainError),
+    #[error(transparent)]
     Attach(#[from] AttachError),
     #[error(transparent)]
     List(#[from] ListError),
@@ -347,7 +360,7 @@ impl CliError {
             return 3;
         }
         let bad_input = match self {
-            CliError::NotEnforcing { .. } => false,
+            CliError::NotEnforcing { .. } | CliError::Explain(_) => false,
             CliError::Attach(e) => e.is_bad_input(),
             CliError::List(e) => {
                 e.is_bad_input() || matches!(e, ListError::Kernel(KernelError::NotLoaded))
@@ -403,6 +416,20 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Limit(LimitCommand::Show { json }) => limit_show(&paths, json)?,
         Command::Stats { json, watch } => stats_command(&paths, json, watch)?,
         Command::Top { n, json } => top(&paths, n, json)?,
+        Command::Explain { addr, len, json } => {
+            if !paths.is_loaded() {
+                return Err(KernelError::NotLoaded.into());
+            }
+            lists::recover_if_pending(&paths)?;
+            let explanation = crate::explain::explain(&paths, addr, len)?;
+            if json {
+                print_json(
+                    &serde_json::to_value(&explanation).map_err(|e| CliError::Output(e.into()))?,
+                )?;
+            } else {
+                print!("{}", explanation.render());
+            }
+        }
         Command::Run {
             ifaces,
             mode,

@@ -16,12 +16,13 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
-    COUNTER_SLOTS, Config, Counter, IFINDEX_LIMIT, LIST_MAP_NAMES, ListEntry, MAP_ALLOW4_HOST,
-    MAP_ALLOW4_NET, MAP_ALLOW6_HOST, MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET,
-    MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_CONFIG, MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS,
-    MAP_GLOBALS, MAP_IFACE_SLOTS, MAP_MISC, MAP_PROGRAMS, MAP_SLOT_IFACES, MAP_SOURCES,
-    MAP_SYN_ACTIVE, MAX_INTERFACES, PROGRAM_NAME, PROGRAM_SLOT_SYN, Reason, SYN_PROGRAM_NAME,
-    SourceKey, SourceState, counter_index,
+    COUNTER_SLOTS, Config, Counter, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET,
+    LIST_ALLOW6_HOST, LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST,
+    LIST_BLOCK6_NET, LIST_MAP_NAMES, ListEntry, MAP_ALLOW4_HOST, MAP_ALLOW4_NET, MAP_ALLOW6_HOST,
+    MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_CONFIG,
+    MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS, MAP_GLOBALS, MAP_IFACE_SLOTS, MAP_MISC, MAP_PROGRAMS,
+    MAP_SLOT_IFACES, MAP_SOURCES, MAP_SYN_ACTIVE, MAX_INTERFACES, PROGRAM_NAME, PROGRAM_SLOT_SYN,
+    Reason, SYN_PROGRAM_NAME, SourceKey, SourceState, counter_index,
 };
 use thiserror::Error;
 
@@ -634,6 +635,19 @@ pub fn open_sources(
     open_as(paths, MAP_SOURCES)
 }
 
+/// The arrival times of the global buckets (`GLOBAL_*` slots).
+pub fn read_globals(paths: &Paths) -> Result<Vec<u64>, KernelError> {
+    let array: Array<MapData, u64> = open_as(paths, MAP_GLOBALS)?;
+    (0..array.len())
+        .map(|i| {
+            array.get(&i, 0).map_err(|source| KernelError::OpenMap {
+                name: MAP_GLOBALS,
+                source,
+            })
+        })
+        .collect()
+}
+
 /// The ring buffer of sampled drop events.
 pub fn open_events(paths: &Paths) -> Result<RingBuf<MapData>, KernelError> {
     open_as(paths, MAP_EVENTS)
@@ -753,6 +767,58 @@ impl ListMaps {
         result.map_err(|source| full_or_update(name, source, self.capacity(name)))
     }
 
+    /// The entry that decides `addr` as the kernel finds it at monotonic time `now_ns`: the
+    /// exact host first, then the longest live prefix (an expired prefix gives way to a
+    /// shorter one). `lists` is the config's `LIST_*` bits: a map the kernel skips is skipped.
+    pub fn lookup(
+        &self,
+        lists: u32,
+        addr: IpAddr,
+        now_ns: u64,
+    ) -> Result<Option<(Cidr, ListEntry)>, KernelError> {
+        let [h4, n4, h6, n6] = names(self.kind);
+        let [b4h, b4n, b6h, b6n] = list_bits(self.kind);
+        let found = |r: Result<ListEntry, MapError>, name| match r {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(KernelError::OpenMap { name, source }),
+        };
+        let (host_bit, net_bit) = match addr {
+            IpAddr::V4(_) => (b4h, b4n),
+            IpAddr::V6(_) => (b6h, b6n),
+        };
+        if lists & host_bit != 0 {
+            let entry = match addr {
+                IpAddr::V4(a) => found(self.host4.get(&a.octets(), 0), h4)?,
+                IpAddr::V6(a) => found(self.host6.get(&a.octets(), 0), h6)?,
+            };
+            if let Some(entry) = entry.filter(|e| e.active(now_ns)) {
+                return Ok(Some((Cidr::host(addr), entry)));
+            }
+        }
+        if lists & net_bit == 0 {
+            return Ok(None);
+        }
+        let mut prefix_len: u32 = if addr.is_ipv4() { 32 } else { 128 };
+        loop {
+            let entry = match addr {
+                IpAddr::V4(a) => found(self.net4.get(&Key::new(prefix_len, a.octets()), 0), n4)?,
+                IpAddr::V6(a) => found(self.net6.get(&Key::new(prefix_len, a.octets()), 0), n6)?,
+            };
+            let Some(entry) = entry else {
+                return Ok(None);
+            };
+            let own = entry.prefix_len.min(prefix_len);
+            if entry.active(now_ns) {
+                return Ok(Cidr::covering(addr, own as u8).ok().map(|c| (c, entry)));
+            }
+            if own == 0 {
+                return Ok(None);
+            }
+            prefix_len = own - 1;
+        }
+    }
+
     /// Every entry in the four maps, as CIDRs.
     pub fn entries(&self) -> Result<Vec<Cidr>, KernelError> {
         let [h4, n4, h6, n6] = names(self.kind);
@@ -870,6 +936,24 @@ impl ListMaps {
             self.net6.map().info()
         };
         info.map_or(0, |i| i.max_entries())
+    }
+}
+
+/// The config's `LIST_*` bits of a list's maps, in the order of [`names`].
+pub const fn list_bits(kind: ListKind) -> [u32; 4] {
+    match kind {
+        ListKind::Allow => [
+            LIST_ALLOW4_HOST,
+            LIST_ALLOW4_NET,
+            LIST_ALLOW6_HOST,
+            LIST_ALLOW6_NET,
+        ],
+        ListKind::Block => [
+            LIST_BLOCK4_HOST,
+            LIST_BLOCK4_NET,
+            LIST_BLOCK6_HOST,
+            LIST_BLOCK6_NET,
+        ],
     }
 }
 

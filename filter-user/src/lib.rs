@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod crowdsec;
 pub mod daemon;
+pub mod explain;
 pub mod import;
 pub mod kernel;
 pub mod limits;
