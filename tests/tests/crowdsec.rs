@@ -385,6 +385,22 @@ fn decisions_reach_both_hosts_xdp_and_are_lifted() -> Result<()> {
         );
     }
 
+    // The allowlist still wins over a decision.
+    for host in &hosts {
+        host.fw.ok(&["allow", "add", SHORT4])?;
+    }
+    lapi.cscli(&["decisions", "add", "--ip", SHORT4, "--duration", "10m"])?;
+    for host in &hosts {
+        wait_for(within_two_pulls(), "allowlisted decision", || {
+            host.has(SHORT4)
+        })?;
+        ensure!(
+            !host.drops(&net, SHORT4)?,
+            "host {}: a decision beat the allowlist",
+            host.index
+        );
+    }
+
     // A decision for the hosts' own address is refused and logged; the others still apply.
     lapi.cscli(&["decisions", "add", "--ip", HOSTS4[0], "--duration", "10m"])?;
     for host in &hosts {
@@ -838,5 +854,32 @@ fn tls_to_the_lapi_is_verified_against_the_configured_ca() -> Result<()> {
         hosts[1].log()
     );
     mark_ok(&mut hosts);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_reload_starts_the_bouncer() -> Result<()> {
+    let net = Net::new(1)?;
+    let lapi = Lapi::start(&net.hub, LAPI_PORT)?;
+    let key = lapi.add_bouncer("floodwall-host0")?;
+    let mut host = Host::new(&net, 0, "")?;
+    host.start(&net)?;
+    ensure!(
+        !host.log().contains("CrowdSec"),
+        "a bouncer without a [crowdsec] section"
+    );
+    std::fs::write(
+        host.fw.config_path(),
+        config_section(&lapi.url(), &key, UPDATE_SECS),
+    )?;
+    host.fw.ok(&["reload"])?;
+    wait_for(Duration::from_secs(10), "the bouncer after reload", || {
+        Ok(host.log().contains("connected to the CrowdSec LAPI"))
+    })?;
+    lapi.cscli(&["decisions", "add", "--ip", BANNED4, "--duration", "10m"])?;
+    wait_for(within_two_pulls(), "decision", || host.has(BANNED4))?;
+    ensure!(host.drops(&net, BANNED4)?, "{BANNED4} not dropped");
+    host.service()?.ok = true;
     Ok(())
 }
