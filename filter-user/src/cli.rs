@@ -283,29 +283,20 @@ fn parse_ports(text: &str) -> Result<SynPorts, String> {
 /// Parses `30s`, `10m`, `2h`, `1d`, `1w` or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let bad = || {
-        format!("`{text}` is not a duration: use a number with s, m, h, d or w (30s, 10m, 2h, 1d)")
+    // Plain seconds, or humantime's units and combinations (`90s`, `10m`, `1h30m`, `1d`, `1w`).
+    let duration = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text).map_err(|e| {
+            format!(
+                "`{text}` is not a duration ({e}): use seconds or units such as 30s, 10m, 1h30m, \
+                 1d, 1w"
+            )
+        })?,
     };
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(bad()),
-    };
-    if number == 0 {
+    if duration < Duration::from_secs(1) {
         return Err(format!("`{text}`: a TTL must be at least one second"));
     }
-    number
-        .checked_mul(scale)
-        .map(Duration::from_secs)
-        .ok_or_else(bad)
+    Ok(duration)
 }
 
 #[derive(Debug, Error)]
@@ -1079,7 +1070,18 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        for bad in ["", "s", "1x", "-1s", "0s", "1.5h", "99999999999999999999d"] {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1w"), Ok(Duration::from_secs(604_800)));
+        for bad in [
+            "",
+            "s",
+            "1x",
+            "-1s",
+            "0s",
+            "0",
+            "500ms",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
