@@ -1,0 +1,292 @@
+//! The four maps of each list (exact hosts and prefixes, IPv4 and IPv6).
+
+use super::*;
+
+/// The four maps of one list.
+pub struct ListMaps {
+    kind: ListKind,
+    host4: HashMap<MapData, [u8; 4], ListEntry>,
+    net4: LpmTrie<MapData, [u8; 4], ListEntry>,
+    host6: HashMap<MapData, [u8; 16], ListEntry>,
+    net6: LpmTrie<MapData, [u8; 16], ListEntry>,
+}
+
+impl ListMaps {
+    pub fn open(paths: &Paths, kind: ListKind) -> Result<ListMaps, KernelError> {
+        let [h4, n4, h6, n6] = names(kind);
+        Ok(ListMaps {
+            kind,
+            host4: open_as(paths, h4)?,
+            net4: open_as(paths, n4)?,
+            host6: open_as(paths, h6)?,
+            net6: open_as(paths, n6)?,
+        })
+    }
+
+    pub fn insert(&mut self, cidr: &Cidr, entry: &ListEntry) -> Result<(), KernelError> {
+        let [h4, n4, h6, n6] = names(self.kind);
+        let entry = ListEntry {
+            prefix_len: u32::from(cidr.prefix_len()),
+            ..*entry
+        };
+        let (name, result) = match (cidr.addr(), cidr.is_host()) {
+            (IpAddr::V4(a), true) => (h4, self.host4.insert(a.octets(), entry, 0)),
+            (IpAddr::V4(a), false) => (
+                n4,
+                self.net4.insert(
+                    &Key::new(u32::from(cidr.prefix_len()), a.octets()),
+                    entry,
+                    0,
+                ),
+            ),
+            (IpAddr::V6(a), true) => (h6, self.host6.insert(a.octets(), entry, 0)),
+            (IpAddr::V6(a), false) => (
+                n6,
+                self.net6.insert(
+                    &Key::new(u32::from(cidr.prefix_len()), a.octets()),
+                    entry,
+                    0,
+                ),
+            ),
+        };
+        result.map_err(|source| full_or_update(name, source, self.capacity(name)))
+    }
+
+    /// The entry that decides `addr` as the kernel finds it at monotonic time `now_ns`: the
+    /// exact host first, then the longest live prefix (an expired prefix gives way to a
+    /// shorter one). `lists` is the config's `LIST_*` bits: a map the kernel skips is skipped.
+    pub fn lookup(
+        &self,
+        lists: u32,
+        addr: IpAddr,
+        now_ns: u64,
+    ) -> Result<Option<(Cidr, ListEntry)>, KernelError> {
+        let [h4, n4, h6, n6] = names(self.kind);
+        let [b4h, b4n, b6h, b6n] = list_bits(self.kind);
+        let found = |r: Result<ListEntry, MapError>, name| match r {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(KernelError::OpenMap { name, source }),
+        };
+        let (host_bit, net_bit) = match addr {
+            IpAddr::V4(_) => (b4h, b4n),
+            IpAddr::V6(_) => (b6h, b6n),
+        };
+        if lists & host_bit != 0 {
+            let entry = match addr {
+                IpAddr::V4(a) => found(self.host4.get(&a.octets(), 0), h4)?,
+                IpAddr::V6(a) => found(self.host6.get(&a.octets(), 0), h6)?,
+            };
+            if let Some(entry) = entry.filter(|e| e.active(now_ns)) {
+                return Ok(Some((Cidr::host(addr), entry)));
+            }
+        }
+        if lists & net_bit == 0 {
+            return Ok(None);
+        }
+        let mut prefix_len: u32 = if addr.is_ipv4() { 32 } else { 128 };
+        loop {
+            let entry = match addr {
+                IpAddr::V4(a) => found(self.net4.get(&Key::new(prefix_len, a.octets()), 0), n4)?,
+                IpAddr::V6(a) => found(self.net6.get(&Key::new(prefix_len, a.octets()), 0), n6)?,
+            };
+            let Some(entry) = entry else {
+                return Ok(None);
+            };
+            let own = entry.prefix_len.min(prefix_len);
+            if entry.active(now_ns) {
+                return Ok(Cidr::covering(addr, own as u8).ok().map(|c| (c, entry)));
+            }
+            if own == 0 {
+                return Ok(None);
+            }
+            prefix_len = own - 1;
+        }
+    }
+
+    /// Every entry in the four maps, as CIDRs.
+    pub fn entries(&self) -> Result<Vec<Cidr>, KernelError> {
+        let [h4, n4, h6, n6] = names(self.kind);
+        let err = |name, source| KernelError::OpenMap { name, source };
+        let cidr = |addr: IpAddr, len: u32| Cidr::new(addr, len as u8).ok();
+        let mut out = Vec::new();
+        for key in self.host4.keys() {
+            out.extend(cidr(IpAddr::from(key.map_err(|e| err(h4, e))?), 32));
+        }
+        for key in self.net4.keys() {
+            let key = key.map_err(|e| err(n4, e))?;
+            out.extend(cidr(IpAddr::from(key.data()), key.prefix_len()));
+        }
+        for key in self.host6.keys() {
+            out.extend(cidr(IpAddr::from(key.map_err(|e| err(h6, e))?), 128));
+        }
+        for key in self.net6.keys() {
+            let key = key.map_err(|e| err(n6, e))?;
+            out.extend(cidr(IpAddr::from(key.data()), key.prefix_len()));
+        }
+        Ok(out)
+    }
+
+    /// Inserts every entry: exact hosts in batches (one `bpf(2)` call per many thousand),
+    /// prefixes one by one (prefix tries have no batch update). Stops at the first error.
+    pub fn insert_all(
+        &mut self,
+        items: &[(Cidr, ListEntry)],
+        progress: &dyn Fn(usize),
+    ) -> Result<(), KernelError> {
+        const BATCH: usize = 65_536;
+        let [h4, _, h6, _] = names(self.kind);
+        let mut done = 0;
+        let with_len = |c: &Cidr, e: &ListEntry| ListEntry {
+            prefix_len: u32::from(c.prefix_len()),
+            ..*e
+        };
+        for v4 in [true, false] {
+            let hosts: Vec<&(Cidr, ListEntry)> = items
+                .iter()
+                .filter(|(c, _)| c.is_host() && c.is_v4() == v4)
+                .collect();
+            for chunk in hosts.chunks(BATCH) {
+                let mut keys = Vec::with_capacity(chunk.len() * 16);
+                let mut values = Vec::with_capacity(chunk.len() * size_of::<ListEntry>());
+                for (cidr, entry) in chunk {
+                    match cidr.addr() {
+                        IpAddr::V4(a) => keys.extend_from_slice(&a.octets()),
+                        IpAddr::V6(a) => keys.extend_from_slice(&a.octets()),
+                    }
+                    let entry = with_len(cidr, entry);
+                    values.extend_from_slice(&entry.expires_ns.to_ne_bytes());
+                    values.extend_from_slice(&entry.prefix_len.to_ne_bytes());
+                    values.extend_from_slice(&entry._pad.to_ne_bytes());
+                }
+                let (name, fd) = if v4 {
+                    (h4, self.host4.map().fd())
+                } else {
+                    (h6, self.host6.map().fd())
+                };
+                if let Err(io_error) =
+                    crate::sys::map_update_batch(fd, &keys, &values, chunk.len() as u32)
+                {
+                    let source = MapError::SyscallError(aya::sys::SyscallError {
+                        call: "BPF_MAP_UPDATE_BATCH",
+                        io_error,
+                    });
+                    return Err(full_or_update(name, source, self.capacity(name)));
+                }
+                done += chunk.len();
+                progress(done);
+            }
+        }
+        for (cidr, entry) in items.iter().filter(|(c, _)| !c.is_host()) {
+            self.insert(cidr, entry)?;
+            done += 1;
+            if done % BATCH == 0 {
+                progress(done);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn remove(&mut self, cidr: &Cidr) -> Result<(), KernelError> {
+        let [h4, n4, h6, n6] = names(self.kind);
+        let (name, result) = match (cidr.addr(), cidr.is_host()) {
+            (IpAddr::V4(a), true) => (h4, self.host4.remove(&a.octets())),
+            (IpAddr::V4(a), false) => (
+                n4,
+                self.net4
+                    .remove(&Key::new(u32::from(cidr.prefix_len()), a.octets())),
+            ),
+            (IpAddr::V6(a), true) => (h6, self.host6.remove(&a.octets())),
+            (IpAddr::V6(a), false) => (
+                n6,
+                self.net6
+                    .remove(&Key::new(u32::from(cidr.prefix_len()), a.octets())),
+            ),
+        };
+        match result {
+            Ok(()) | Err(MapError::KeyNotFound) | Err(MapError::ElementNotFound) => Ok(()),
+            Err(source) => Err(KernelError::Update { name, source }),
+        }
+    }
+
+    fn capacity(&self, name: &str) -> u32 {
+        let [h4, n4, h6, _] = names(self.kind);
+        let info = if name == h4 {
+            self.host4.map().info()
+        } else if name == n4 {
+            self.net4.map().info()
+        } else if name == h6 {
+            self.host6.map().info()
+        } else {
+            self.net6.map().info()
+        };
+        info.map_or(0, |i| i.max_entries())
+    }
+}
+
+/// The config's `LIST_*` bits of a list's maps, in the order of [`names`].
+pub const fn list_bits(kind: ListKind) -> [u32; 4] {
+    match kind {
+        ListKind::Allow => [
+            LIST_ALLOW4_HOST,
+            LIST_ALLOW4_NET,
+            LIST_ALLOW6_HOST,
+            LIST_ALLOW6_NET,
+        ],
+        ListKind::Block => [
+            LIST_BLOCK4_HOST,
+            LIST_BLOCK4_NET,
+            LIST_BLOCK6_HOST,
+            LIST_BLOCK6_NET,
+        ],
+    }
+}
+
+pub(super) fn names(kind: ListKind) -> [&'static str; 4] {
+    match kind {
+        ListKind::Allow => [
+            MAP_ALLOW4_HOST,
+            MAP_ALLOW4_NET,
+            MAP_ALLOW6_HOST,
+            MAP_ALLOW6_NET,
+        ],
+        ListKind::Block => [
+            MAP_BLOCK4_HOST,
+            MAP_BLOCK4_NET,
+            MAP_BLOCK6_HOST,
+            MAP_BLOCK6_NET,
+        ],
+    }
+}
+
+/// The list a list map belongs to (`BLOCK4_HOST`: blocklist).
+pub(super) fn list_of_map(map: &str) -> &'static str {
+    if map.starts_with("ALLOW") {
+        ListKind::Allow.name()
+    } else {
+        ListKind::Block.name()
+    }
+}
+
+/// The `[capacity]` key that sizes a list map (`BLOCK4_HOST`: `block_hosts`).
+pub(super) fn capacity_key(map: &str) -> &'static str {
+    match (map.starts_with("ALLOW"), map.ends_with("_HOST")) {
+        (true, true) => "allow_hosts",
+        (true, false) => "allow_nets",
+        (false, true) => "block_hosts",
+        (false, false) => "block_nets",
+    }
+}
+
+pub(super) fn full_or_update(name: &'static str, source: MapError, capacity: u32) -> KernelError {
+    let full = matches!(&source, MapError::SyscallError(e)
+        if matches!(e.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM)));
+    if full {
+        KernelError::Full {
+            list: name,
+            capacity,
+        }
+    } else {
+        KernelError::Update { name, source }
+    }
+}

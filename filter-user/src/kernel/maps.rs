@@ -1,0 +1,222 @@
+//! Reading and writing the pinned maps: the config record, counters, global buckets,
+//! per-source state, drop events, and how full each map is.
+
+use super::*;
+
+/// Capacity and current size of one bounded map.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+/// The configuration record.
+pub fn read_config(paths: &Paths) -> Result<Config, KernelError> {
+    let array: Array<MapData, Config> = open_as(paths, MAP_CONFIG)?;
+    array.get(&0, 0).map_err(|source| KernelError::OpenMap {
+        name: MAP_CONFIG,
+        source,
+    })
+}
+
+pub fn write_config(paths: &Paths, config: &Config) -> Result<(), KernelError> {
+    let mut array: Array<MapData, Config> = open_as(paths, MAP_CONFIG)?;
+    array
+        .set(0, config, 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_CONFIG,
+            source,
+        })
+}
+
+/// Whether `floodwall run` has switched an `auto` SYN challenge on.
+pub fn syn_auto_active(paths: &Paths) -> Result<bool, KernelError> {
+    let array: Array<MapData, u32> = open_as(paths, MAP_SYN_ACTIVE)?;
+    array
+        .get(&0, 0)
+        .map(|v| v != 0)
+        .map_err(|source| KernelError::OpenMap {
+            name: MAP_SYN_ACTIVE,
+            source,
+        })
+}
+
+/// Switches an `auto` SYN challenge on or off (the service's decision).
+pub fn set_syn_auto_active(paths: &Paths, active: bool) -> Result<(), KernelError> {
+    let mut array: Array<MapData, u32> = open_as(paths, MAP_SYN_ACTIVE)?;
+    array
+        .set(0, u32::from(active), 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_SYN_ACTIVE,
+            source,
+        })
+}
+
+/// Resets the global buckets, so a new configuration starts from full bursts.
+pub fn reset_globals(paths: &Paths) -> Result<(), KernelError> {
+    let mut array: Array<MapData, u64> = open_as(paths, MAP_GLOBALS)?;
+    for i in 0..array.len() {
+        array.set(i, 0, 0).map_err(|source| KernelError::Update {
+            name: MAP_GLOBALS,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Verdict counters summed over CPUs, by interface index and reason; index 0 stands for the
+/// interfaces without a slot of their own.
+pub fn read_counters(paths: &Paths) -> Result<Vec<(u32, Reason, Counter)>, KernelError> {
+    CounterReader::open(paths)?.read()
+}
+
+/// The counter maps held open, for callers that read them often.
+pub struct CounterReader {
+    counters: PerCpuArray<MapData, Counter>,
+    slot_ifaces: Array<MapData, u32>,
+}
+
+impl CounterReader {
+    pub fn open(paths: &Paths) -> Result<CounterReader, KernelError> {
+        Ok(CounterReader {
+            counters: open_as(paths, MAP_COUNTERS)?,
+            slot_ifaces: open_as(paths, MAP_SLOT_IFACES)?,
+        })
+    }
+
+    pub fn read(&self) -> Result<Vec<(u32, Reason, Counter)>, KernelError> {
+        let err = |name, source| KernelError::OpenMap { name, source };
+        let mut out = Vec::new();
+        for slot in 0..COUNTER_SLOTS {
+            let index = match slot {
+                0 => 0,
+                _ => self
+                    .slot_ifaces
+                    .get(&slot, 0)
+                    .map_err(|e| err(MAP_SLOT_IFACES, e))?,
+            };
+            if slot != 0 && index == 0 {
+                continue;
+            }
+            for reason in Reason::ALL {
+                let values = self
+                    .counters
+                    .get(&counter_index(slot, reason), 0)
+                    .map_err(|e| err(MAP_COUNTERS, e))?;
+                let mut sum = Counter::default();
+                for v in values.iter() {
+                    sum.packets += v.packets;
+                    sum.bytes += v.bytes;
+                }
+                if slot != 0 || sum.packets != 0 {
+                    out.push((index, reason, sum));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Data-path health counters summed over CPUs, by `MISC_*` slot.
+pub fn read_misc(paths: &Paths) -> Result<Vec<u64>, KernelError> {
+    let map: PerCpuArray<MapData, u64> = open_as(paths, MAP_MISC)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let values = item.map_err(|source| KernelError::OpenMap {
+            name: MAP_MISC,
+            source,
+        })?;
+        out.push(values.iter().sum());
+    }
+    Ok(out)
+}
+
+/// The per-source state map, for single lookups.
+pub fn open_sources(
+    paths: &Paths,
+) -> Result<HashMap<MapData, SourceKey, SourceState>, KernelError> {
+    open_as(paths, MAP_SOURCES)
+}
+
+/// The arrival times of the global buckets (`GLOBAL_*` slots).
+pub fn read_globals(paths: &Paths) -> Result<Vec<u64>, KernelError> {
+    let array: Array<MapData, u64> = open_as(paths, MAP_GLOBALS)?;
+    (0..array.len())
+        .map(|i| {
+            array.get(&i, 0).map_err(|source| KernelError::OpenMap {
+                name: MAP_GLOBALS,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The ring buffer of sampled drop events.
+pub fn open_events(paths: &Paths) -> Result<RingBuf<MapData>, KernelError> {
+    open_as(paths, MAP_EVENTS)
+}
+
+/// Every tracked source and its state.
+pub fn read_sources(paths: &Paths) -> Result<Vec<(SourceKey, SourceState)>, KernelError> {
+    let map: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        match item {
+            Ok(kv) => out.push(kv),
+            // An LRU entry evicted while iterating: skip it.
+            Err(MapError::KeyNotFound) => continue,
+            Err(source) => {
+                return Err(KernelError::OpenMap {
+                    name: MAP_SOURCES,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fill level of every bounded map that grows at run time.
+pub fn map_fill(paths: &Paths) -> Result<Vec<MapFill>, KernelError> {
+    let mut out = Vec::new();
+    for name in LIST_MAP_NAMES
+        .into_iter()
+        .chain([MAP_SOURCES, MAP_EVENT_SEEN])
+    {
+        let data = MapData::from_pin(paths.map_pin(name))
+            .map_err(|source| KernelError::OpenMap { name, source })?;
+        let capacity = data
+            .info()
+            .map_err(|source| KernelError::OpenMap { name, source })?
+            .max_entries();
+        let map =
+            Map::from_map_data(data).map_err(|source| KernelError::OpenMap { name, source })?;
+        let entries = count_keys(&map);
+        out.push(MapFill {
+            name,
+            entries,
+            capacity,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn count_keys(map: &Map) -> u64 {
+    let data = match map {
+        Map::HashMap(d) | Map::LpmTrie(d) | Map::LruHashMap(d) => d,
+        _ => return 0,
+    };
+    let mut n = 0;
+    let mut key: Option<Vec<u8>> = None;
+    let key_size = data.info().map_or(0, |i| i.key_size()) as usize;
+    let fd = data.fd();
+    loop {
+        let mut next = vec![0u8; key_size];
+        if !crate::sys::map_next_key(fd, key.as_deref(), &mut next) {
+            return n;
+        }
+        n += 1;
+        key = Some(next);
+    }
+}
