@@ -19,7 +19,13 @@ pub const MAP_PROGRAMS: &str = "PROGRAMS";
 /// The SYN challenge's program and its slot in `PROGRAMS`.
 pub const SYN_PROGRAM_NAME: &str = "floodwall_syn";
 pub const PROGRAM_SLOT_SYN: u32 = 0;
-pub const PROGRAM_SLOTS: u32 = 1;
+/// `floodwall trace`'s program: frames are handed to it, once decided, only while a trace is
+/// on, so the filter itself carries one array lookup for it.
+pub const TRACE_PROGRAM_NAME: &str = "floodwall_trace";
+pub const PROGRAM_SLOT_TRACE: u32 = 1;
+pub const PROGRAM_SLOTS: u32 = 2;
+/// The trace switch and what it matches (one `TraceConfig`).
+pub const MAP_TRACE: &str = "TRACE";
 pub const MAP_ALLOW4_HOST: &str = "ALLOW4_HOST";
 pub const MAP_ALLOW4_NET: &str = "ALLOW4_NET";
 pub const MAP_ALLOW6_HOST: &str = "ALLOW6_HOST";
@@ -88,7 +94,9 @@ pub const GLOBAL_NEWCOMER: u32 = 1;
 pub const GLOBAL_PKT: u32 = 2;
 pub const GLOBAL_BYTE: u32 = 3;
 pub const GLOBAL_EVENTS: u32 = 4;
-pub const GLOBAL_SLOTS: u32 = 5;
+/// The trace's lines per second.
+pub const GLOBAL_TRACE: u32 = 5;
+pub const GLOBAL_SLOTS: u32 = 6;
 
 /// Slots of the per-CPU `MISC` counters: data-path health, not verdicts.
 pub const MISC_ADMITTED: u32 = 0;
@@ -104,7 +112,9 @@ pub const MISC_SYN_BAD_CHECKSUM: u32 = 6;
 pub const MISC_SYN_COOKIE_REFUSED: u32 = 7;
 /// The challenge was on but its program was not there: the frame took the newcomer path.
 pub const MISC_SYN_HANDOVER_FAILED: u32 = 8;
-pub const MISC_SLOTS: u32 = 9;
+/// Trace lines over the trace's lines per second, not written.
+pub const MISC_TRACE_SUPPRESSED: u32 = 9;
+pub const MISC_SLOTS: u32 = 10;
 pub const MISC_NAMES: [&str; MISC_SLOTS as usize] = [
     "sources_admitted",
     "events_sent",
@@ -115,6 +125,7 @@ pub const MISC_NAMES: [&str; MISC_SLOTS as usize] = [
     "syn_bad_checksum",
     "syn_cookie_refused",
     "syn_handover_failed",
+    "trace_suppressed",
 ];
 
 /// The live configuration: one record in the `CONFIG` array, rewritten by the controller
@@ -268,6 +279,53 @@ pub struct DropEvent {
 }
 const _: () = assert!(size_of::<DropEvent>() == 40);
 
+/// What `floodwall trace` asks for: decisions on frames from `addr/prefix_len` (masked), until
+/// `until_ns` (`bpf_ktime_get_ns` time: a trace whose command was killed ends by itself), at
+/// most `lines` per second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Non-zero while a trace is on.
+    pub on: u32,
+    pub family: u32,
+    pub prefix_len: u32,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+    pub until_ns: u64,
+    pub lines: crate::Bucket,
+}
+const _: () = assert!(size_of::<TraceConfig>() == 56);
+
+/// A decided frame, as the filter hands it to the trace program (per-CPU scratch).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceRecord {
+    pub src: SourceKey,
+    pub reason: u32,
+    pub action: u32,
+    pub len: u32,
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<TraceRecord>() == 36);
+
+impl TraceConfig {
+    /// Whether a frame from `src` is traced.
+    #[inline(always)]
+    pub fn matches(&self, src: &SourceKey) -> bool {
+        if self.on == 0 || src.family != self.family {
+            return false;
+        }
+        let mut addr = src.addr;
+        mask_prefix(&mut addr, self.prefix_len);
+        // Byte by byte: array equality would need `memcmp`, which BPF does not have.
+        let mut diff = 0u8;
+        for (a, b) in addr.iter().zip(&self.addr) {
+            diff |= a ^ b;
+        }
+        diff == 0
+    }
+}
+
 /// Masks `addr` (network order) to its first `prefix_len` bits, in place.
 #[inline(always)]
 pub fn mask_prefix(addr: &mut [u8; 16], prefix_len: u32) {
@@ -293,6 +351,7 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for SourceState {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for TraceConfig {}
     unsafe impl aya::Pod for DropEvent {}
 }
 

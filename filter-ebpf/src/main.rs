@@ -22,16 +22,17 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
+use aya_log_ebpf::info;
 use filter_common::{
     Bucket, COUNTER_ENTRIES, COUNTER_SLOTS, Config, Counter, DEFAULT_HOST_ENTRIES,
     DEFAULT_NET_ENTRIES, DEFAULT_SOURCES, DropEvent, EVENT_RING_BYTES, EVENT_SEEN_ENTRIES,
     FAMILY_V4, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_EVENTS, GLOBAL_NEWCOMER, GLOBAL_PKT,
-    GLOBAL_SLOTS, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST,
+    GLOBAL_SLOTS, GLOBAL_TRACE, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST,
     LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET,
     ListEntry, MISC_ADMITTED, MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT,
     MISC_EVENTS_SUPPRESSED, MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, MISC_SYN_HANDOVER_FAILED,
-    PROGRAM_SLOT_SYN, PROGRAM_SLOTS, Reason, SourceKey, SourceState, byte_cost, counter_index,
-    mask_prefix, syn::PROTO_TCP,
+    MISC_TRACE_SUPPRESSED, PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE, PROGRAM_SLOTS, Reason, SourceKey,
+    SourceState, TraceConfig, TraceRecord, byte_cost, counter_index, mask_prefix, syn::PROTO_TCP,
 };
 
 use crate::{
@@ -72,6 +73,12 @@ static SYN_ACTIVE: Array<u32> = Array::pinned(1, 0);
 /// in one program it would exceed the verifier's budget.
 #[map]
 static PROGRAMS: ProgramArray = ProgramArray::pinned(PROGRAM_SLOTS, 0);
+/// `floodwall trace`'s switch and what it matches.
+#[map]
+static TRACE: Array<TraceConfig> = Array::pinned(1, 0);
+/// The decided frame the filter hands to `floodwall_trace`.
+#[map]
+static TRACE_SCRATCH: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);
 
 // Exact host entries in hash maps (O(1) whatever the list size), prefixes in LPM tries.
 // No preallocation: capacity costs memory only when used.
@@ -122,7 +129,8 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
         Ok(Parsed::Ip(ip)) => (decide(&ctx, cfg, &ip.src, len, &mut frame), Some(ip.src)),
         Err(()) => (Reason::Malformed, None),
     };
-    finish(cfg, slot, ifindex, reason, src.as_ref(), len, &mut frame)
+    let action = finish(cfg, slot, ifindex, reason, src.as_ref(), len, &mut frame);
+    traced(&ctx, src.as_ref(), reason, action, len, ifindex)
 }
 
 /// The SYN challenge, for a frame `floodwall` handed over: the lists have passed it and its
@@ -166,7 +174,87 @@ pub fn floodwall_syn(ctx: XdpContext) -> u32 {
         },
         reason => reason,
     };
-    finish(cfg, slot, ifindex, reason, Some(&ip.src), len, &mut frame)
+    let action = finish(cfg, slot, ifindex, reason, Some(&ip.src), len, &mut frame);
+    traced(&ctx, Some(&ip.src), reason, action, len, ifindex)
+}
+
+/// Hands a decided frame to `floodwall_trace` while a trace is on; returns the frame's action
+/// (the trace program returns the same one). Off, this is one array lookup.
+#[inline(always)]
+fn traced(
+    ctx: &XdpContext,
+    src: Option<&SourceKey>,
+    reason: Reason,
+    action: u32,
+    len: u64,
+    ifindex: u32,
+) -> u32 {
+    let Some(src) = src else { return action };
+    if !TRACE.get(0).is_some_and(|t| t.on != 0) {
+        return action;
+    }
+    let Some(record) = TRACE_SCRATCH.get_ptr_mut(0) else {
+        return action;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, for this program run only.
+    unsafe {
+        *record = TraceRecord {
+            src: *src,
+            reason: reason as u32,
+            action,
+            len: len as u32,
+            ifindex,
+        };
+        // On success this does not return: `floodwall_trace` returns `action`.
+        let _ = PROGRAMS.tail_call(ctx, PROGRAM_SLOT_TRACE);
+    }
+    action
+}
+
+/// `floodwall trace`: one log line (through aya-log) per decided frame from the traced
+/// prefix, at most the configured lines per second, until the trace's deadline.
+#[xdp]
+pub fn floodwall_trace(ctx: XdpContext) -> u32 {
+    let Some(record) = TRACE_SCRATCH.get(0).copied() else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(trace) = TRACE.get(0) else {
+        return record.action;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !trace.matches(&record.src) || now >= trace.until_ns {
+        return record.action;
+    }
+    if !take(GLOBAL_TRACE, &trace.lines, trace.lines.cost, now) {
+        bump(MISC_TRACE_SUPPRESSED);
+        return record.action;
+    }
+    let reason = Reason::from_u32(record.reason).map_or("unknown", Reason::name);
+    let verdict = match record.action {
+        xdp_action::XDP_DROP => "drop",
+        xdp_action::XDP_TX => "tx",
+        _ => "pass",
+    };
+    if record.src.family == FAMILY_V4 {
+        let a = record.src.addr;
+        let v4 = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+        info!(
+            &ctx,
+            "{} {} from {:i} len {} if {}", verdict, reason, v4, record.len, record.ifindex
+        );
+    } else {
+        info!(
+            &ctx,
+            "{} {} from {:i} len {} if {}",
+            verdict,
+            reason,
+            record.src.addr,
+            record.len,
+            record.ifindex
+        );
+    }
+    record.action
 }
 
 /// A source the challenge vouched for (a valid cookie, or a connection the kernel has): it

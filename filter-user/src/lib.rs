@@ -22,6 +22,7 @@ pub mod state;
 pub mod stats;
 pub mod syncookies;
 mod sys;
+pub mod trace;
 
 /// The XDP program, built by the build script and embedded in every floodwall binary.
 pub static PROGRAM_OBJECT: &[u8] =

@@ -95,6 +95,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live line per decided frame from CIDR (verdict, reason, interface, length), from
+    /// the kernel; off again when the command ends or is killed
+    Trace {
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+        /// Stop after this many seconds
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Stop after this many lines
+        #[arg(long)]
+        count: Option<u64>,
+        /// Lines per second at most; the kernel drops the rest and counts them
+        /// (trace_suppressed in `stats`)
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        rate: u64,
+    },
     /// Why a frame from this address gets the verdict it gets now: list entries, its source
     /// key, its limiter state, admission, the challenge, the global caps
     Explain {

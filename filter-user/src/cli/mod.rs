@@ -42,6 +42,8 @@ pub enum CliError {
     #[error(transparent)]
     Explain(#[from] crate::explain::ExplainError),
     #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
+    #[error(transparent)]
     Attach(#[from] AttachError),
     #[error(transparent)]
     List(#[from] ListError),
@@ -86,7 +88,7 @@ impl CliError {
             return 3;
         }
         let bad_input = match self {
-            CliError::NotEnforcing { .. } | CliError::Explain(_) => false,
+            CliError::NotEnforcing { .. } | CliError::Explain(_) | CliError::Trace(_) => false,
             CliError::Attach(e) => e.is_bad_input(),
             CliError::List(e) => {
                 e.is_bad_input() || matches!(e, ListError::Kernel(KernelError::NotLoaded))
@@ -142,6 +144,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Limit(LimitCommand::Show { json }) => limit_commands::limit_show(&paths, json)?,
         Command::Stats { json, watch } => status::stats_command(&paths, json, watch)?,
         Command::Top { n, json } => status::top(&paths, n, json)?,
+        Command::Trace {
+            cidr,
+            seconds,
+            count,
+            rate,
+        } => {
+            if !paths.is_loaded() {
+                return Err(KernelError::NotLoaded.into());
+            }
+            let cidr: Cidr = cidr.parse()?;
+            let lines = crate::trace::trace(&paths, &cidr, seconds, count, rate)?;
+            eprintln!("floodwall: trace of {cidr} off ({lines} lines)");
+        }
         Command::Explain { addr, len, json } => {
             if !paths.is_loaded() {
                 return Err(KernelError::NotLoaded.into());

@@ -220,3 +220,14 @@ pub(super) fn count_keys(map: &Map) -> u64 {
         key = Some(next);
     }
 }
+
+/// Switches `floodwall trace` on (with what it matches) or off (`None`).
+pub fn set_trace(paths: &Paths, trace: Option<&TraceConfig>) -> Result<(), KernelError> {
+    let mut array: Array<MapData, TraceConfig> = open_as(paths, MAP_TRACE)?;
+    array
+        .set(0, trace.copied().unwrap_or_default(), 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_TRACE,
+            source,
+        })
+}

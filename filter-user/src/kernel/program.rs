@@ -43,18 +43,23 @@ pub fn load(paths: &Paths, capacity: &Capacity) -> Result<(), KernelError> {
             path: paths.program_pin(),
             detail: e.to_string(),
         })?;
-    load_syn_challenge(&mut ebpf)
+    load_tail_program(&mut ebpf, SYN_PROGRAM_NAME, PROGRAM_SLOT_SYN)?;
+    load_tail_program(&mut ebpf, TRACE_PROGRAM_NAME, PROGRAM_SLOT_TRACE)
 }
 
-/// Loads the SYN challenge's program and puts it where the filter hands frames over to it.
-/// The pinned `PROGRAMS` map keeps it alive.
-pub(super) fn load_syn_challenge(ebpf: &mut aya::Ebpf) -> Result<(), KernelError> {
+/// Loads a program the filter hands frames over to (the SYN challenge, the trace) and puts
+/// it in its `PROGRAMS` slot. The pinned `PROGRAMS` map keeps it alive.
+pub(super) fn load_tail_program(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    slot: u32,
+) -> Result<(), KernelError> {
     let missing = || KernelError::Pin {
-        path: PathBuf::from(SYN_PROGRAM_NAME),
-        detail: format!("program `{SYN_PROGRAM_NAME}` missing from the embedded object"),
+        path: PathBuf::from(name),
+        detail: format!("program `{name}` missing from the embedded object"),
     };
     let program: &mut Xdp = ebpf
-        .program_mut(SYN_PROGRAM_NAME)
+        .program_mut(name)
         .and_then(|p| p.try_into().ok())
         .ok_or_else(missing)?;
     program.load().map_err(|source| KernelError::Verify {
@@ -69,7 +74,7 @@ pub(super) fn load_syn_challenge(ebpf: &mut aya::Ebpf) -> Result<(), KernelError
         })?
         .try_clone()
         .map_err(|e| KernelError::Pin {
-            path: PathBuf::from(SYN_PROGRAM_NAME),
+            path: PathBuf::from(name),
             detail: e.to_string(),
         })?;
     let map = ebpf.map_mut(MAP_PROGRAMS).ok_or_else(missing)?;
@@ -79,7 +84,7 @@ pub(super) fn load_syn_challenge(ebpf: &mut aya::Ebpf) -> Result<(), KernelError
             source,
         })?;
     programs
-        .set(PROGRAM_SLOT_SYN, &fd, 0)
+        .set(slot, &fd, 0)
         .map_err(|source| KernelError::Update {
             name: MAP_PROGRAMS,
             source,
@@ -120,7 +125,7 @@ pub(super) fn remove_pin(path: PathBuf) -> Result<(), KernelError> {
 }
 
 /// Every map the program pins besides the list maps (`LIST_MAP_NAMES`).
-const STATE_MAP_NAMES: [&str; 11] = [
+const STATE_MAP_NAMES: [&str; 12] = [
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_IFACE_SLOTS,
@@ -132,6 +137,7 @@ const STATE_MAP_NAMES: [&str; 11] = [
     MAP_EVENT_SEEN,
     MAP_SYN_ACTIVE,
     MAP_PROGRAMS,
+    MAP_TRACE,
 ];
 
 /// Attaches the pinned program to `iface` and pins the link. Returns the mode it got.
