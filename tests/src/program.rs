@@ -15,9 +15,9 @@ use floodwall::{
     config::Capacity,
     kernel,
     limits::Limits,
-    lists::{self, AddOptions, list_bits},
+    lists::{self, AddOptions},
     paths::Paths,
-    state::{ListKind, Origin, State},
+    state::{ListKind, Lock, Origin, State},
 };
 
 use crate::netns::{BpffsDir, StateDir};
@@ -62,10 +62,10 @@ impl Loaded {
     /// Writes `limits` (with the list bits of the current lists) into the live config, and
     /// resets the global buckets so each test starts from full bursts.
     pub fn set_limits(&self, limits: &Limits) -> Result<()> {
+        // The controller's own limits transaction, as `limit set` runs it.
+        let _lock = Lock::acquire(&self.paths)?;
         let mut state = State::load(&self.paths)?;
-        state.limits = Some(limits.clone());
-        state.save(&self.paths)?;
-        floodwall::limits::publish(&self.paths, limits, list_bits(&state))?;
+        lists::change_limits(&self.paths, &mut state, limits)?;
         kernel::reset_globals(&self.paths)?;
         Ok(())
     }
