@@ -269,3 +269,69 @@ fn sigkill_during_the_first_attach_leaves_nothing_half_restored() -> Result<()> 
     );
     Ok(())
 }
+
+/// Entries on the blocklist as the store holds them (`status`, faster than a whole list).
+fn listed_count(fw: &Floodwall<'_>) -> Result<usize> {
+    Ok(fw.status_json()?["lists"]["block"]
+        .as_u64()
+        .context("status has no block count")? as usize)
+}
+
+/// `block del` and `block flush` killed at any point: once the next command has run, the
+/// kernel holds exactly what the list shows, which is everything before the change or
+/// everything after it.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn sigkill_during_del_and_flush_leaves_kernel_and_store_agreeing() -> Result<()> {
+    let host = Host::new("crd")?;
+    let fw = host.attached()?;
+    let entries = 50_000u32;
+    let file = big_import_file(&fw, entries)?;
+    fw.ok(&["block", "import", &file])?;
+    // The first 5,000 entries, as `block del` arguments.
+    let doomed: Vec<String> = (0..5_000u32)
+        .map(|i| std::net::Ipv4Addr::from(0x0b00_0000 + i).to_string())
+        .collect();
+    let mut del_args = vec!["block", "del"];
+    del_args.extend(doomed.iter().map(String::as_str));
+    // How long each takes whole, to spread the kills over it.
+    let timed = |args: &[&str]| -> Result<Duration> {
+        let started = std::time::Instant::now();
+        fw.ok(args)?;
+        Ok(started.elapsed())
+    };
+    let del_time = timed(&del_args)?;
+    let flush_time = timed(&["block", "flush"])?;
+    println!("with {entries} entries: del of 5,000 {del_time:?}, flush {flush_time:?}");
+    let mut disagreements = Vec::new();
+    for i in 0..12u32 {
+        fw.ok(&["block", "import", &file])?;
+        let before = listed_count(&fw)?;
+        let (what, whole, args) = if i % 2 == 0 {
+            ("del", del_time, del_args.clone())
+        } else {
+            ("flush", flush_time, vec!["block", "flush"])
+        };
+        // From early to a little past the whole command.
+        let delay = whole.mul_f64(f64::from(i / 2 + 1) / 5.0);
+        let mut child = fw.command(&args).spawn()?;
+        std::thread::sleep(delay);
+        child.kill()?;
+        let status = child.wait()?;
+        let listed = listed_count(&fw)?;
+        let kernel = raw_kernel_block_hosts(&fw)?;
+        println!("{what} killed after {delay:?} ({status}): kernel {kernel}, list {listed}");
+        let after = if what == "del" { before - doomed.len() } else { 0 };
+        if kernel != listed || (listed != before && listed != after) {
+            disagreements.push(format!(
+                "{what} killed after {delay:?}: kernel {kernel}, list {listed} (before {before})"
+            ));
+        }
+    }
+    ensure!(
+        disagreements.is_empty(),
+        "a killed del or flush left kernel and store apart or half done:\n{}",
+        disagreements.join("\n")
+    );
+    Ok(())
+}
