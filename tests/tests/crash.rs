@@ -321,7 +321,11 @@ fn sigkill_during_del_and_flush_leaves_kernel_and_store_agreeing() -> Result<()>
         let listed = listed_count(&fw)?;
         let kernel = raw_kernel_block_hosts(&fw)?;
         println!("{what} killed after {delay:?} ({status}): kernel {kernel}, list {listed}");
-        let after = if what == "del" { before - doomed.len() } else { 0 };
+        let after = if what == "del" {
+            before - doomed.len()
+        } else {
+            0
+        };
         if kernel != listed || (listed != before && listed != after) {
             disagreements.push(format!(
                 "{what} killed after {delay:?}: kernel {kernel}, list {listed} (before {before})"

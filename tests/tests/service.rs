@@ -1094,3 +1094,54 @@ fn the_service_follows_its_own_bans_without_reading_the_state_back() -> Result<(
     service.ok = true;
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_ban_during_a_big_import_loses_neither() -> Result<()> {
+    let net = Net::new(0)?;
+    let _sink = udp_sink(&net.server, net.server_addr()?)?;
+    let fw = Floodwall::new(Some(&net.server))?;
+    let config = config_text(20, 20).replace("base_secs = 3", "base_secs = 300");
+    write_config(&fw, &config)?;
+    let mut service = Service::start(&fw, net.server_if(), &[], "import-ban")?;
+    // 200,000 entries: the import holds the store's lock for a good part of a second, again
+    // and again, while the service needs it for its ban.
+    let entries = 200_000u32;
+    let mut text = String::new();
+    for i in 0..entries {
+        text.push_str(&std::net::Ipv4Addr::from(0x0b00_0000 + i).to_string());
+        text.push('\n');
+    }
+    let file = fw.state_dir().join("feed.txt");
+    std::fs::write(&file, text)?;
+    let file = file.to_string_lossy().into_owned();
+    let flood = Flood::start(
+        &net.client,
+        &[ip(CLIENT4)?],
+        net.server_addr()?,
+        300,
+        Duration::from_secs(20),
+    )?;
+    let start = Instant::now();
+    let mut imports = 0;
+    while entry_for(&block_list(&fw)?, CLIENT4).is_none()
+        && start.elapsed() < Duration::from_secs(15)
+    {
+        fw.ok(&["block", "import", &file, "--comment", "feed"])?;
+        imports += 1;
+    }
+    flood.stop();
+    let list = block_list(&fw)?;
+    ensure!(
+        entry_for(&list, CLIENT4).is_some_and(|e| e["origin"] == "auto"),
+        "the ban was lost ({imports} imports ran meanwhile)"
+    );
+    let fed = list.iter().filter(|e| e["comment"] == "feed").count();
+    ensure!(
+        fed == entries as usize,
+        "{fed} of {entries} imported entries after a ban raced the imports"
+    );
+    ensure!(imports >= 1, "no import ran while the source was flooding");
+    service.ok = true;
+    Ok(())
+}
