@@ -34,19 +34,23 @@ struct Window {
     unreported: u64,
 }
 
-pub static DROP_LINES: DropLines = DropLines {
-    cap: AtomicU32::new(20),
-    window: Mutex::new(Window {
-        second: 0,
-        left: 0,
-        suppressed: 0,
-        unreported: 0,
-    }),
-    logged: AtomicU64::new(0),
-    suppressed: AtomicU64::new(0),
-};
+pub static DROP_LINES: DropLines = DropLines::new(20);
 
 impl DropLines {
+    const fn new(cap: u32) -> DropLines {
+        DropLines {
+            cap: AtomicU32::new(cap),
+            window: Mutex::new(Window {
+                second: 0,
+                left: 0,
+                suppressed: 0,
+                unreported: 0,
+            }),
+            logged: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
     pub fn set_cap(&self, lines_per_sec: u32) {
         self.cap.store(lines_per_sec, Ordering::Relaxed);
     }
@@ -151,17 +155,7 @@ mod tests {
 
     #[test]
     fn the_cap_holds_per_second_and_suppressed_lines_are_reported_once() {
-        let lines = DropLines {
-            cap: AtomicU32::new(2),
-            window: Mutex::new(Window {
-                second: 0,
-                left: 0,
-                suppressed: 0,
-                unreported: 0,
-            }),
-            logged: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        };
+        let lines = DropLines::new(2);
         let admitted: Vec<bool> = (0..5).map(|_| lines.admit(10)).collect();
         assert_eq!(admitted, [true, true, false, false, false]);
         assert_eq!(lines.take_unreported(10), 0, "the second is not over");

@@ -103,19 +103,7 @@ impl<'a> Lapi<'a> {
             child: None,
         };
         let creds = lapi.dir.path().join("etc/local_api_credentials.yaml");
-        let url = lapi.url();
-        lapi.cscli(&[
-            "machines",
-            "add",
-            CSCLI_MACHINE,
-            "--password",
-            "floodwall-tests-password",
-            "-f",
-            &creds.display().to_string(),
-            "--url",
-            &url,
-            "--force",
-        ])?;
+        lapi.machine(CSCLI_MACHINE, "floodwall-tests-password", &creds)?;
         lapi.launch()?;
         Ok(lapi)
     }
@@ -229,7 +217,15 @@ impl<'a> Lapi<'a> {
 
     /// Machine credentials for `name`, for a host that pushes its bans.
     pub fn add_machine(&self, name: &str, password: &str) -> Result<()> {
-        let creds = self.dir.path().join(format!("{name}.yaml"));
+        self.machine(
+            name,
+            password,
+            &self.dir.path().join(format!("{name}.yaml")),
+        )
+    }
+
+    /// `cscli machines add`, the credentials written to `creds`.
+    fn machine(&self, name: &str, password: &str, creds: &Path) -> Result<()> {
         let url = self.url();
         self.cscli(&[
             "machines",

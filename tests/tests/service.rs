@@ -1033,16 +1033,21 @@ fn bans_follow_a_live_prefix_change() -> Result<()> {
     Ok(())
 }
 
+/// The service with 20 pps per source and bans long enough that none expires during a test
+/// (an expiry due makes it read the state).
+fn long_ban_service(fw: &Floodwall<'_>, net: &Net, name: &str) -> Result<Service> {
+    let config = config_text(20, 20).replace("base_secs = 3", "base_secs = 300");
+    write_config(fw, &config)?;
+    Service::start(fw, net.server_if(), &[], name)
+}
+
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn the_service_follows_its_own_bans_without_reading_the_state_back() -> Result<()> {
     let net = Net::new(0)?;
     let _sink = udp_sink(&net.server, net.server_addr()?)?;
     let fw = Floodwall::new(Some(&net.server))?;
-    // Bans long enough that none expires (an expiry due is a reason to read) during the test.
-    let config = config_text(20, 20).replace("base_secs = 3", "base_secs = 300");
-    write_config(&fw, &config)?;
-    let mut service = Service::start(&fw, net.server_if(), &[], "reads")?;
+    let mut service = long_ban_service(&fw, &net, "reads")?;
     let reads = || -> Result<f64> {
         metric(
             &parse_metrics(&scrape(&net)?)?,
@@ -1101,9 +1106,7 @@ fn a_ban_during_a_big_import_loses_neither() -> Result<()> {
     let net = Net::new(0)?;
     let _sink = udp_sink(&net.server, net.server_addr()?)?;
     let fw = Floodwall::new(Some(&net.server))?;
-    let config = config_text(20, 20).replace("base_secs = 3", "base_secs = 300");
-    write_config(&fw, &config)?;
-    let mut service = Service::start(&fw, net.server_if(), &[], "import-ban")?;
+    let mut service = long_ban_service(&fw, &net, "import-ban")?;
     // 200,000 entries: the import holds the store's lock for a good part of a second, again
     // and again, while the service needs it for its ban.
     let entries = 200_000u32;
