@@ -299,10 +299,8 @@ impl BouncerTask {
         counters: &Arc<ServiceCounters>,
         own: &Arc<OwnWrites>,
     ) -> Result<BouncerTask, DaemonError> {
-        counters
-            .crowdsec_on
-            .store(config.is_some(), Ordering::Relaxed);
         let Some(config) = config else {
+            counters.crowdsec_on.store(false, Ordering::Relaxed);
             let _ = fs::remove_file(paths.crowdsec_status_file());
             return Ok(BouncerTask {
                 task: None,
@@ -316,6 +314,7 @@ impl BouncerTask {
             Arc::clone(own),
         )
         .map_err(DaemonError::Crowdsec)?;
+        counters.crowdsec_on.store(true, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::channel(ALERT_QUEUE);
         info!(
             "CrowdSec bouncer: pulling decisions from {} every {}s{}",

@@ -385,7 +385,7 @@ pub fn add(
     Ok(new)
 }
 
-/// One entry a feed wants on the blocklist.
+/// One entry a feed wants on a list.
 #[derive(Clone, Debug)]
 pub struct FeedEntry {
     pub cidr: Cidr,
