@@ -557,7 +557,7 @@ fn status_names_the_program_id() -> Result<()> {
     let host = Host::new("lim")?;
     let iface = host.iface();
     let fw = host.floodwall()?;
-    let status = fw.json(&["status", "--json"])?;
+    let status = fw.status_json()?;
     ensure!(
         status == json!({ "loaded": false, "interfaces": [] }),
         "status before attach: {status}"

@@ -1,0 +1,482 @@
+//! The persistent store: SQLite (`STATE_DIR/floodwall.db`, WAL), one row per list entry with
+//! an index on expiry, the limits in a table of their own, and a checked schema version. A
+//! change touches only the rows it changes, so it costs the same with ten entries or ten
+//! million. A `state.json` from before the store is migrated once, whole, and kept as
+//! `state.json.migrated`.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
+
+use crate::{
+    cidr::Cidr,
+    limits::Limits,
+    paths::Paths,
+    state::{ListKind, Origin, Record, State, StateError},
+};
+
+/// The schema this floodwall writes; a store with a newer one is refused, never rewritten.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a command waits for another's write to finish before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    list INTEGER NOT NULL,
+    family INTEGER NOT NULL,
+    addr BLOB NOT NULL,
+    prefix INTEGER NOT NULL,
+    expires_at INTEGER,
+    comment TEXT,
+    origin TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (list, family, addr, prefix)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS limits (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL);
+";
+
+fn list_id(kind: ListKind) -> i64 {
+    match kind {
+        ListKind::Allow => 0,
+        ListKind::Block => 1,
+    }
+}
+
+fn key(cidr: &Cidr) -> (i64, Vec<u8>, i64) {
+    match cidr.addr() {
+        IpAddr::V4(a) => (4, a.octets().to_vec(), i64::from(cidr.prefix_len())),
+        IpAddr::V6(a) => (6, a.octets().to_vec(), i64::from(cidr.prefix_len())),
+    }
+}
+
+fn origin_of(name: &str) -> Option<Origin> {
+    [Origin::Manual, Origin::Import, Origin::Auto, Origin::Crowdsec]
+        .into_iter()
+        .find(|o| o.name() == name)
+}
+
+/// A row back into a record; a row this floodwall cannot read is corruption.
+fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let bad = |what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            format!("bad {what} in a list entry").into(),
+        )
+    };
+    let addr: Vec<u8> = row.get("addr")?;
+    let prefix: i64 = row.get("prefix")?;
+    let ip = match addr.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(addr.as_slice()).map_err(|_| bad("address"))?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(addr.as_slice()).map_err(|_| bad("address"))?),
+        _ => return Err(bad("address")),
+    };
+    let cidr = Cidr::new(ip, u8::try_from(prefix).map_err(|_| bad("prefix"))?)
+        .map_err(|_| bad("prefix"))?;
+    let origin: String = row.get("origin")?;
+    Ok(Record {
+        cidr,
+        expires_at: row.get::<_, Option<i64>>("expires_at")?.map(|t| t as u64),
+        comment: row.get("comment")?,
+        origin: origin_of(&origin).ok_or_else(|| bad("origin"))?,
+        added_at: row.get::<_, i64>("added_at")? as u64,
+    })
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    fn db_error(&self, source: rusqlite::Error) -> StateError {
+        StateError::Store {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Opens (creating or migrating) the store in the state directory.
+    pub fn open(paths: &Paths) -> Result<Store, StateError> {
+        let path = paths.store_file();
+        paths.ensure_state_dir().map_err(|e| StateError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        if !path.exists() && paths.state_file().exists() {
+            migrate(paths, &path)?;
+        }
+        let store = Store {
+            conn: connect(&path)?,
+            path,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), StateError> {
+        let found: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.db_error(e))?;
+        match found {
+            Some(v) if v > SCHEMA_VERSION => Err(StateError::NewerSchema {
+                path: self.path.clone(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(_) => Ok(()),
+            None => self
+                .conn
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1), \
+                     ('generation', 0) ON CONFLICT (key) DO NOTHING",
+                    [SCHEMA_VERSION],
+                )
+                .map(drop)
+                .map_err(|e| self.db_error(e)),
+        }
+    }
+
+    /// Bumped by every change: what `floodwall run` watches to see changes it did not make.
+    pub fn generation(&self) -> Result<u64, StateError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|g| g.unwrap_or(0) as u64)
+            .map_err(|e| self.db_error(e))
+    }
+
+    pub fn limits(&self) -> Result<Option<Limits>, StateError> {
+        limits_in(&self.conn).map_err(|e| self.db_error(e))
+    }
+
+    pub fn get(&self, kind: ListKind, cidr: &Cidr) -> Result<Option<Record>, StateError> {
+        get_in(&self.conn, kind, cidr).map_err(|e| self.db_error(e))
+    }
+
+    fn records(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Record>, StateError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.db_error(e))?;
+        let rows = stmt
+            .query_map(args, record)
+            .map_err(|e| self.db_error(e))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.db_error(e));
+        rows
+    }
+
+    /// The entries of `kind` in force at Unix time `now`, in address order.
+    pub fn live(&self, kind: ListKind, now: u64) -> Result<Vec<Record>, StateError> {
+        self.records(
+            "SELECT * FROM entries WHERE list = ?1 AND (expires_at IS NULL OR expires_at > ?2) \
+             ORDER BY family, addr, prefix",
+            params![list_id(kind), now as i64],
+        )
+    }
+
+    /// Whether `kind` has no entries at all.
+    pub fn is_empty(&self, kind: ListKind) -> Result<bool, StateError> {
+        self.conn
+            .query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM entries WHERE list = ?1)",
+                [list_id(kind)],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(|e| self.db_error(e))
+    }
+
+    pub fn count_live(&self, kind: ListKind, now: u64) -> Result<u64, StateError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM entries WHERE list = ?1 AND \
+                 (expires_at IS NULL OR expires_at > ?2)",
+                params![list_id(kind), now as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// The entries of `kind` whose time is up at `now`.
+    pub fn expired(&self, kind: ListKind, now: u64) -> Result<Vec<Record>, StateError> {
+        self.records(
+            "SELECT * FROM entries WHERE list = ?1 AND expires_at <= ?2",
+            params![list_id(kind), now as i64],
+        )
+    }
+
+    /// Every entry of `kind`, expired or not.
+    pub fn all(&self, kind: ListKind) -> Result<Vec<Record>, StateError> {
+        self.records(
+            "SELECT * FROM entries WHERE list = ?1 ORDER BY family, addr, prefix",
+            params![list_id(kind)],
+        )
+    }
+
+    /// The entries of `kind` that `origin` put there.
+    pub fn of_origin(&self, kind: ListKind, origin: Origin) -> Result<Vec<Record>, StateError> {
+        self.records(
+            "SELECT * FROM entries WHERE list = ?1 AND origin = ?2",
+            params![list_id(kind), origin.name()],
+        )
+    }
+
+    /// The earliest expiry after `now` of any entry.
+    pub fn next_expiry(&self, now: u64) -> Result<Option<u64>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT MIN(expires_at) FROM entries WHERE expires_at > ?1",
+                [now as i64],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|t| t.map(|t| t as u64))
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// Whether any entry's time is up at `now`.
+    pub fn any_expired(&self, now: u64) -> Result<bool, StateError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM entries WHERE expires_at <= ?1)",
+                [now as i64],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// `LIST_*` bits of the maps that hold entries.
+    pub fn list_bits(&self) -> Result<u32, StateError> {
+        list_bits_in(&self.conn).map_err(|e| self.db_error(e))
+    }
+
+    /// Starts a change: nothing of it is seen until [`Change::commit`].
+    pub fn change(&mut self) -> Result<Change<'_>, StateError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|source| StateError::Store {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Change { tx, path })
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection, StateError> {
+    let err = |source| StateError::Store {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    // WAL with FULL: a committed change survives a power cut too.
+    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    Ok(conn)
+}
+
+fn limits_in(conn: &Connection) -> rusqlite::Result<Option<Limits>> {
+    let json: Option<String> = conn
+        .query_row("SELECT json FROM limits WHERE id = 1", [], |r| r.get(0))
+        .optional()?;
+    json.map(|j| {
+        serde_json::from_str(&j).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })
+    })
+    .transpose()
+}
+
+fn get_in(conn: &Connection, kind: ListKind, cidr: &Cidr) -> rusqlite::Result<Option<Record>> {
+    let (family, addr, prefix) = key(cidr);
+    conn.prepare_cached(
+        "SELECT * FROM entries WHERE list = ?1 AND family = ?2 AND addr = ?3 AND prefix = ?4",
+    )?
+    .query_row(params![list_id(kind), family, addr, prefix], record)
+    .optional()
+}
+
+fn list_bits_in(conn: &Connection) -> rusqlite::Result<u32> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT list, family, prefix = (CASE family WHEN 4 THEN 32 ELSE 128 END) \
+         FROM entries",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?))
+    })?;
+    let mut bits = 0;
+    for row in rows {
+        let (list, family, host) = row?;
+        let kind = if list == 0 {
+            ListKind::Allow
+        } else {
+            ListKind::Block
+        };
+        let [h4, n4, h6, n6] = crate::kernel::list_bits(kind);
+        bits |= match (family == 4, host) {
+            (true, true) => h4,
+            (true, false) => n4,
+            (false, true) => h6,
+            (false, false) => n6,
+        };
+    }
+    Ok(bits)
+}
+
+/// One change to the store, all or nothing.
+pub struct Change<'a> {
+    tx: Transaction<'a>,
+    path: PathBuf,
+}
+
+impl Change<'_> {
+    fn err(&self, source: rusqlite::Error) -> StateError {
+        StateError::Store {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn upsert(&self, kind: ListKind, r: &Record) -> Result<(), StateError> {
+        let (family, addr, prefix) = key(&r.cidr);
+        self.tx
+            .prepare_cached(
+                "INSERT INTO entries (list, family, addr, prefix, expires_at, comment, origin, \
+                 added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (list, family, addr, prefix) DO UPDATE SET \
+                 expires_at = excluded.expires_at, comment = excluded.comment, \
+                 origin = excluded.origin, added_at = excluded.added_at",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    list_id(kind),
+                    family,
+                    addr,
+                    prefix,
+                    r.expires_at.map(|t| t as i64),
+                    r.comment,
+                    r.origin.name(),
+                    r.added_at as i64
+                ])
+            })
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn remove(&self, kind: ListKind, cidr: &Cidr) -> Result<(), StateError> {
+        let (family, addr, prefix) = key(cidr);
+        self.tx
+            .prepare_cached(
+                "DELETE FROM entries WHERE list = ?1 AND family = ?2 AND addr = ?3 AND prefix = ?4",
+            )
+            .and_then(|mut s| s.execute(params![list_id(kind), family, addr, prefix]))
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_limits(&self, limits: Option<&Limits>) -> Result<(), StateError> {
+        let result = match limits {
+            Some(l) => {
+                let json = serde_json::to_string(l).map_err(|e| StateError::Write {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                self.tx.execute(
+                    "INSERT INTO limits (id, json) VALUES (1, ?1) \
+                     ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+                    [json],
+                )
+            }
+            None => self.tx.execute("DELETE FROM limits", []),
+        };
+        result.map(drop).map_err(|e| self.err(e))
+    }
+
+    pub fn limits(&self) -> Result<Option<Limits>, StateError> {
+        limits_in(&self.tx).map_err(|e| self.err(e))
+    }
+
+    pub fn get(&self, kind: ListKind, cidr: &Cidr) -> Result<Option<Record>, StateError> {
+        get_in(&self.tx, kind, cidr).map_err(|e| self.err(e))
+    }
+
+    /// `LIST_*` bits as the store will hold them once committed.
+    pub fn list_bits(&self) -> Result<u32, StateError> {
+        list_bits_in(&self.tx).map_err(|e| self.err(e))
+    }
+
+    /// Makes the change durable and visible; bumps the generation.
+    pub fn commit(self) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let err = |source| StateError::Store {
+            path: path.clone(),
+            source,
+        };
+        self.tx
+            .execute(
+                "UPDATE meta SET value = value + 1 WHERE key = 'generation'",
+                [],
+            )
+            .map_err(err)?;
+        self.tx.commit().map_err(err)
+    }
+}
+
+/// Moves a `state.json` into a new store: written whole into a temporary database, then
+/// renamed into place, so a kill leaves either no store (the next command migrates again) or
+/// the whole one. The JSON file is kept beside it as `state.json.migrated`.
+fn migrate(paths: &Paths, path: &Path) -> Result<(), StateError> {
+    let state = State::load(paths)?;
+    let tmp = path.with_extension("db.migrating");
+    let _ = std::fs::remove_file(&tmp);
+    let mut store = Store {
+        conn: connect(&tmp)?,
+        path: tmp.clone(),
+    };
+    store.check_schema()?;
+    let change = store.change()?;
+    for kind in [ListKind::Allow, ListKind::Block] {
+        for record in state.list(kind).values() {
+            change.upsert(kind, record)?;
+        }
+    }
+    change.set_limits(state.limits.as_ref())?;
+    change.commit()?;
+    // Folds the WAL into the file, so the rename moves everything.
+    store
+        .conn
+        .pragma_update(None, "journal_mode", "DELETE")
+        .map_err(|source| StateError::Store {
+            path: tmp.clone(),
+            source,
+        })?;
+    drop(store);
+    let io = |source| StateError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::rename(&tmp, path).map_err(io)?;
+    std::fs::rename(paths.state_file(), paths.state_file().with_extension("json.migrated"))
+        .map_err(io)?;
+    log::info!(
+        "migrated {} list entries and the limits from {} into {}",
+        state.allow.len() + state.block.len(),
+        paths.state_file().display(),
+        path.display()
+    );
+    Ok(())
+}
