@@ -10,9 +10,10 @@ use crate::{
     config::{ConfigError, FileConfig},
     kernel::{self, AttachMode, KernelError},
     limits::LimitsError,
-    lists::{self, ListError, list_bits},
+    lists::{self, ListError},
     paths::{Paths, PathsError},
-    state::{Lock, State, StateError},
+    state::{Lock, StateError},
+    store::Store,
 };
 
 #[derive(Debug, Error)]
@@ -99,9 +100,8 @@ pub fn attach(
         }
         .into());
     }
-    let mut state = State::load(paths)?;
-    let before = state.clone();
-    let had_state = paths.state_file().exists();
+    let mut store = Store::open(paths)?;
+    let before = store.limits()?;
     let loaded_now = !paths.is_loaded();
     if loaded_now {
         // Until the lists and limits are in: a kill before then leaves a filter with part of
@@ -111,11 +111,11 @@ pub fn attach(
     }
     let result = (|| -> Result<Vec<(String, AttachMode)>, AttachError> {
         if loaded_now {
-            lists::restore(paths, &state)?;
+            lists::restore(paths, &store)?;
         } else {
-            lists::recover(paths, &state)?;
+            lists::recover(paths, &store)?;
         }
-        let mut limits = match (options.config, state.limits.clone()) {
+        let mut limits = match (options.config, before.clone()) {
             (None, Some(persisted)) => persisted,
             _ => file.limits.clone(),
         };
@@ -132,7 +132,7 @@ pub fn attach(
         limits.validate_frames(max_frame)?;
         // The store, then the kernel; the change marker (set above for a first load) goes
         // only when both hold the lists and the limits.
-        lists::change_limits(paths, &mut state, &limits)?;
+        lists::change_limits(paths, &mut store, &limits)?;
         crate::syncookies::sync(paths, &limits)?;
         let mut done = Vec::new();
         for iface in ifaces {
@@ -151,17 +151,17 @@ pub fn attach(
     if result.is_err() {
         // A failed attach changes nothing: not the persisted limits, and not the policy of a
         // filter that keeps running on other interfaces.
-        if had_state {
-            let _ = before.save(paths);
-        } else {
-            let _ = std::fs::remove_file(paths.state_file());
+        if let Ok(change) = store.change()
+            && change.set_limits(before.as_ref()).is_ok()
+        {
+            let _ = change.commit();
         }
         if loaded_now {
             let _ = kernel::unload(paths);
             lists::clear_pending(paths);
-        } else {
-            let limits = before.limits.clone().unwrap_or_default();
-            let _ = crate::limits::publish(paths, &limits, list_bits(&before));
+        } else if let Ok(bits) = store.list_bits() {
+            let limits = before.clone().unwrap_or_default();
+            let _ = crate::limits::publish(paths, &limits, bits);
         }
     }
     result

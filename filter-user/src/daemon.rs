@@ -27,8 +27,9 @@ use crate::{
     metrics::{self, ServiceCounters},
     paths::{Paths, PathsError},
     reload::{self, ReloadError},
-    state::{ListKind, Origin, OwnWrites, State, StateError, unix_now},
+    state::{ListKind, Origin, OwnWrites, StateError, unix_now},
     stats::{Stats, source_addr},
+    store::Store,
 };
 
 #[derive(Debug, Error)]
@@ -552,9 +553,8 @@ impl Watch {
         self.syn_challenge(paths);
     }
 
-    /// Removes expired list entries. The state is read only when the file changed or an entry
-    /// is due to expire, not every second: it holds every list entry (a large blocklist is
-    /// tens of megabytes), and reading it each tick cost a CPU core and the memory bound.
+    /// Removes expired list entries. The store is read only when someone else changed it or
+    /// an entry is due to expire, not every second.
     fn sweep(&mut self, paths: &Paths, now: u64) {
         for write in self.own.take() {
             if write.before != self.state_seen {
@@ -572,30 +572,31 @@ impl Watch {
         if stamp == self.state_seen && !due {
             return;
         }
-        let Ok(state) = State::load(paths) else {
+        let read = || -> Result<_, StateError> {
+            let store = Store::open(paths)?;
+            Ok((
+                store.live(ListKind::Allow, now)?,
+                store.any_expired(now)?,
+                store.next_expiry(now)?,
+            ))
+        };
+        let Ok((allowlist, expired, next_expiry)) = read() else {
             return;
         };
         self.counters.state_reads.fetch_add(1, Ordering::Relaxed);
         self.state_seen = stamp;
-        self.allowlist = lists::list_live(&state, ListKind::Allow)
+        self.allowlist = allowlist
+            .into_iter()
             .map(|r| (r.cidr, r.expires_at))
             .collect();
-        let expiries = || {
-            [ListKind::Allow, ListKind::Block]
-                .into_iter()
-                .flat_map(|k| state.list(k).values().filter_map(|r| r.expires_at))
-        };
-        let expired = expiries().any(|t| t <= now);
-        self.next_expiry = expiries().filter(|t| *t > now).min();
-        drop(state);
+        self.next_expiry = next_expiry;
         if expired {
             match lists::sweep_expired(paths) {
                 Ok(n) => {
                     if n > 0 {
                         info!("removed {n} expired list entries");
                     }
-                    // The sweep rewrote the file; what it left is what was just read, less
-                    // the expired entries.
+                    // What the sweep left is what was just read, less the expired entries.
                     self.state_seen = crate::state::stamp(paths);
                 }
                 Err(e) => {

@@ -17,7 +17,8 @@ use crate::{
     kernel::{self, KernelError, ListMaps},
     lists::mono_now_ns,
     paths::Paths,
-    state::{ListKind, State, StateError, unix_now},
+    state::{ListKind, StateError, unix_now},
+    store::Store,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -93,28 +94,29 @@ fn conforming(bucket: &Bucket, mut tat: u64, now: u64, cost: u64, cap: u64) -> u
 /// More than any burst an operator sets: the count stops here.
 const COUNT_CAP: u64 = 10_000_000;
 
-fn matched(state: &State, kind: ListKind, cidr: Cidr) -> Match {
-    let record = state.list(kind).get(&cidr);
+fn matched(store: &Store, kind: ListKind, cidr: Cidr) -> Result<Match, ExplainError> {
+    let record = store.get(kind, &cidr)?;
+    let record = record.as_ref();
     let now = unix_now();
-    Match {
+    Ok(Match {
         cidr: cidr.to_string(),
         origin: record.map(|r| r.origin.name()),
         comment: record.and_then(|r| r.comment.clone()),
         ttl_left_secs: record
             .and_then(|r| r.expires_at)
             .map(|t| t.saturating_sub(now)),
-    }
+    })
 }
 
 pub fn explain(paths: &Paths, addr: IpAddr, len: u64) -> Result<Explanation, ExplainError> {
     let config: Config = kernel::read_config(paths)?;
-    let state = State::load(paths)?;
+    let store = Store::open(paths)?;
     let now = mono_now_ns();
     let lookup = |kind| -> Result<Option<Match>, ExplainError> {
         let maps = ListMaps::open(paths, kind)?;
-        Ok(maps
-            .lookup(config.lists, addr, now)?
-            .map(|(cidr, _)| matched(&state, kind, cidr)))
+        maps.lookup(config.lists, addr, now)?
+            .map(|(cidr, _)| matched(&store, kind, cidr))
+            .transpose()
     };
     let allowlist = lookup(ListKind::Allow)?;
     let blocklist = if allowlist.is_none() {

@@ -20,6 +20,7 @@ pub mod pidfile;
 pub mod reload;
 pub mod state;
 pub mod stats;
+pub mod store;
 pub mod syncookies;
 mod sys;
 pub mod trace;

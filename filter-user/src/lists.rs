@@ -1,20 +1,18 @@
 //! Allowlist and blocklist operations. Each one validates everything first, then changes the
-//! kernel maps, then the persistent state; on any failure what was already changed is rolled
+//! kernel maps, then the store; on any failure what was already changed is rolled
 //! back, so bad input or a full map changes nothing.
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
-use filter_common::{
-    LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST, LIST_ALLOW6_NET, LIST_BLOCK4_HOST,
-    LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET, ListEntry,
-};
+use filter_common::ListEntry;
 use thiserror::Error;
 
 use crate::{
     cidr::Cidr,
     kernel::{KernelError, ListMaps},
     paths::Paths,
-    state::{ListKind, Lock, Origin, Record, State, StateError, unix_now, unix_now_ns},
+    state::{ListKind, Lock, Origin, Record, StateError, unix_now, unix_now_ns},
+    store::Store,
 };
 
 #[derive(Debug, Error)]
@@ -62,41 +60,6 @@ pub struct AddOptions<'a> {
     pub origin: Origin,
     /// Allow blocking a prefix that holds one of this host's addresses.
     pub force: bool,
-}
-
-/// `LIST_*` bits for the lists that hold entries in `state`.
-pub fn list_bits(state: &State) -> u32 {
-    let mut bits = 0;
-    for (kind, [h4, n4, h6, n6]) in [
-        (
-            ListKind::Allow,
-            [
-                LIST_ALLOW4_HOST,
-                LIST_ALLOW4_NET,
-                LIST_ALLOW6_HOST,
-                LIST_ALLOW6_NET,
-            ],
-        ),
-        (
-            ListKind::Block,
-            [
-                LIST_BLOCK4_HOST,
-                LIST_BLOCK4_NET,
-                LIST_BLOCK6_HOST,
-                LIST_BLOCK6_NET,
-            ],
-        ),
-    ] {
-        for cidr in state.list(kind).keys() {
-            bits |= match (cidr.is_v4(), cidr.is_host()) {
-                (true, true) => h4,
-                (true, false) => n4,
-                (false, true) => h6,
-                (false, false) => n6,
-            };
-        }
-    }
-    bits
 }
 
 /// The kernel's entry for a record: its expiry moved from wall-clock to monotonic time.
@@ -185,22 +148,22 @@ fn check_lockout_with(cidrs: &[Cidr], force: bool, own: &[IpAddr]) -> Result<(),
     Ok(())
 }
 
-/// Applies `changes` (new record, or `None` to delete) to the kernel and the state, all or
+/// Applies `changes` (new record, or `None` to delete) to the kernel and the store, all or
 /// nothing. The caller holds the lock.
 fn apply(
     paths: &Paths,
-    state: &mut State,
+    store: &mut Store,
     kind: ListKind,
     changes: BTreeMap<Cidr, Option<Record>>,
     progress: &dyn Fn(usize),
 ) -> Result<(), ListError> {
     let mut maps = ListMaps::open(paths, kind)?;
     let (unow, mnow) = (unix_now_ns(), mono_now_ns());
+    let mut held = store.records_for(kind, changes.keys())?;
+    let before: BTreeMap<Cidr, Option<Record>> =
+        changes.keys().map(|c| (*c, held.remove(c))).collect();
+    let (old_limits, old_bits) = (store.limits()?.unwrap_or_default(), store.list_bits()?);
     mark_pending(paths)?;
-    let before: BTreeMap<Cidr, Option<Record>> = changes
-        .keys()
-        .map(|c| (*c, state.list(kind).get(c).cloned()))
-        .collect();
     let mut failure = None;
     for cidr in changes.iter().filter(|(_, c)| c.is_none()).map(|(c, _)| c) {
         if let Err(e) = maps.remove(cidr) {
@@ -231,28 +194,26 @@ fn apply(
         clear_pending(paths);
         return Err(e.into());
     }
-    let mut new_state = state.clone();
-    for (cidr, change) in changes {
-        match change {
-            Some(record) => new_state.list_mut(kind).insert(cidr, record),
-            None => new_state.list_mut(kind).remove(&cidr),
-        };
-    }
-    let publish = || -> Result<(), ListError> {
-        let limits = new_state.limits.clone().unwrap_or_default();
-        crate::limits::publish(paths, &limits, list_bits(&new_state))?;
-        new_state.save(paths)?;
+    let committed = (|| -> Result<(), ListError> {
+        let change = store.change()?;
+        for (cidr, record) in &changes {
+            match record {
+                Some(record) => change.upsert(kind, record)?,
+                None => change.remove(kind, cidr)?,
+            }
+        }
+        let limits = change.limits()?.unwrap_or_default();
+        crate::limits::publish(paths, &limits, change.list_bits()?)?;
+        change.commit()?;
         Ok(())
-    };
-    if let Err(e) = publish() {
+    })();
+    if let Err(e) = committed {
         rollback(&mut maps);
-        let limits = state.limits.clone().unwrap_or_default();
-        let _ = crate::limits::publish(paths, &limits, list_bits(state));
+        let _ = crate::limits::publish(paths, &old_limits, old_bits);
         clear_pending(paths);
         return Err(e);
     }
     clear_pending(paths);
-    *state = new_state;
     Ok(())
 }
 
@@ -265,7 +226,7 @@ pub fn mark_pending(paths: &Paths) -> Result<(), ListError> {
     })
 }
 
-/// Only called once the kernel and the state agree again.
+/// Only called once the kernel and the store agree again.
 pub fn clear_pending(paths: &Paths) {
     // If this fails the next command reconciles once more, which changes nothing.
     let _ = std::fs::remove_file(paths.pending_file());
@@ -276,21 +237,21 @@ pub fn clear_pending(paths: &Paths) {
 pub fn recover_if_pending(paths: &Paths) -> Result<(), ListError> {
     if paths.pending_file().exists() {
         let _lock = Lock::acquire(paths)?;
-        recover(paths, &State::load(paths)?)?;
+        recover(paths, &Store::open(paths)?)?;
     }
     Ok(())
 }
 
 /// After a command died half-way through a change (the marker is still there), makes the
-/// kernel lists hold exactly what the state file holds: the state was written last, so it
-/// is the truth. Called with the lock held.
-pub fn recover(paths: &Paths, state: &State) -> Result<(), ListError> {
+/// kernel lists hold exactly what the store holds: the store was written last, so it is the
+/// truth. Called with the lock held.
+pub fn recover(paths: &Paths, store: &Store) -> Result<(), ListError> {
     if !paths.pending_file().exists() {
         return Ok(());
     }
-    write_kernel_lists(paths, state, true)?;
-    let limits = state.limits.clone().unwrap_or_default();
-    crate::limits::publish(paths, &limits, list_bits(state))?;
+    write_kernel_lists(paths, store, true)?;
+    let limits = store.limits()?.unwrap_or_default();
+    crate::limits::publish(paths, &limits, store.list_bits()?)?;
     clear_pending(paths);
     Ok(())
 }
@@ -303,19 +264,22 @@ pub fn recover(paths: &Paths, state: &State) -> Result<(), ListError> {
 /// goes back to the old limits.
 pub fn change_limits(
     paths: &Paths,
-    state: &mut State,
+    store: &mut Store,
     limits: &crate::limits::Limits,
 ) -> Result<(), ListError> {
     mark_pending(paths)?;
-    let old = state.limits.replace(limits.clone());
-    if let Err(e) = state.save(paths) {
-        state.limits = old;
+    let old = store.limits()?;
+    let set = |store: &mut Store, limits: Option<&crate::limits::Limits>| {
+        let change = store.change()?;
+        change.set_limits(limits)?;
+        change.commit()
+    };
+    if let Err(e) = set(store, Some(limits)) {
         clear_pending(paths);
         return Err(e.into());
     }
-    if let Err(e) = crate::limits::publish(paths, limits, list_bits(state)) {
-        state.limits = old;
-        if state.save(paths).is_ok() {
+    if let Err(e) = crate::limits::publish(paths, limits, store.list_bits()?) {
+        if set(store, old.as_ref()).is_ok() {
             clear_pending(paths);
         }
         return Err(e.into());
@@ -324,26 +288,27 @@ pub fn change_limits(
     Ok(())
 }
 
-fn loaded_state(paths: &Paths) -> Result<(Lock, State), ListError> {
+fn loaded_store(paths: &Paths) -> Result<(Lock, Store), ListError> {
     if !paths.is_loaded() {
         return Err(KernelError::NotLoaded.into());
     }
     let lock = Lock::acquire(paths)?;
-    let state = State::load(paths)?;
-    recover(paths, &state)?;
-    Ok((lock, state))
+    let store = Store::open(paths)?;
+    recover(paths, &store)?;
+    Ok((lock, store))
 }
 
 /// Removal changes for the entries of `kind` whose time is up, so every change also sweeps
-/// them out of the maps and the state file.
-fn expired_changes(state: &State, kind: ListKind) -> BTreeMap<Cidr, Option<Record>> {
-    let now = unix_now();
-    state
-        .list(kind)
-        .values()
-        .filter(|r| r.expired(now))
+/// them out of the maps and the store.
+fn expired_changes(
+    store: &Store,
+    kind: ListKind,
+) -> Result<BTreeMap<Cidr, Option<Record>>, ListError> {
+    Ok(store
+        .expired(kind, unix_now())?
+        .into_iter()
         .map(|r| (r.cidr, None))
-        .collect()
+        .collect())
 }
 
 /// Adds (or replaces) entries. Returns how many were new.
@@ -357,19 +322,19 @@ pub fn add(
     if kind == ListKind::Block {
         check_lockout(cidrs, options.force)?;
     }
-    let (_lock, mut state) = loaded_state(paths)?;
+    let (_lock, mut store) = loaded_store(paths)?;
     let now = unix_now();
     // Rounded up to the next whole second: an entry never expires before its TTL.
     let expires_at = options.ttl.map(|ttl| {
         let at_ns = unix_now_ns().saturating_add(ttl.as_nanos() as u64);
         at_ns.div_ceil(1_000_000_000)
     });
-    let mut changes = expired_changes(&state, kind);
-    let new = cidrs
+    let mut changes = expired_changes(&store, kind)?;
+    let unique: std::collections::BTreeSet<&Cidr> = cidrs.iter().collect();
+    let held = store.records_for(kind, unique.iter().copied())?;
+    let new = unique
         .iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|c| state.list(kind).get(c).is_none_or(|r| r.expired(now)))
+        .filter(|c| held.get(c).is_none_or(|r| r.expired(now)))
         .count();
     changes.extend(cidrs.iter().map(|cidr| {
         let record = Record {
@@ -381,10 +346,9 @@ pub fn add(
         };
         (*cidr, Some(record))
     }));
-    apply(paths, &mut state, kind, changes, progress)?;
+    apply(paths, &mut store, kind, changes, progress)?;
     Ok(new)
 }
-
 /// One entry a feed wants on a list.
 #[derive(Clone, Debug)]
 pub struct FeedEntry {
@@ -437,32 +401,42 @@ pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome,
             Err(e) => outcome.refused.push((entry.cidr, e)),
         }
     }
-    let (_lock, mut state) = loaded_state(paths)?;
-    let before = crate::state::stamp(paths);
+    let (_lock, mut store) = loaded_store(paths)?;
+    let before = Some(store.generation()?);
     let now = unix_now();
-    let ours = |state: &State, cidr: &Cidr| {
-        state
-            .list(kind)
-            .get(cidr)
+    // What the store holds for each CIDR the change names, looked up once.
+    let named: Vec<Cidr> = change
+        .removals
+        .iter()
+        .copied()
+        .chain(accepted.iter().map(|e| e.cidr))
+        .collect();
+    let held = store.records_for(kind, named.iter())?;
+    let ours = |cidr: &Cidr| {
+        held.get(cidr)
             .is_some_and(|r| r.origin == change.origin || r.expired(now))
     };
-    let mut changes = expired_changes(&state, kind);
+    let mut changes = expired_changes(&store, kind)?;
     for cidr in change.removals {
-        if state.list(kind).contains_key(cidr) && ours(&state, cidr) {
+        if ours(cidr) {
             changes.insert(*cidr, None);
         }
     }
+    let mut removed_live = 0;
     if change.replace {
         let wanted: std::collections::HashSet<Cidr> = accepted.iter().map(|e| e.cidr).collect();
-        for record in state.list(kind).values() {
-            if record.origin == change.origin && !wanted.contains(&record.cidr) {
+        for record in store.of_origin(kind, change.origin)? {
+            if !wanted.contains(&record.cidr) {
+                if !record.expired(now) {
+                    removed_live += 1;
+                }
                 changes.insert(record.cidr, None);
             }
         }
     }
     let unix_ns = unix_now_ns();
     for entry in accepted {
-        if state.list(kind).contains_key(&entry.cidr) && !ours(&state, &entry.cidr) {
+        if held.contains_key(&entry.cidr) && !ours(&entry.cidr) {
             outcome.foreign.push(entry.cidr);
             continue;
         }
@@ -472,8 +446,7 @@ pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome,
                 .div_ceil(1_000_000_000)
         });
         // A refreshed entry keeps the time it was first added.
-        let added_at = state
-            .list(kind)
+        let added_at = held
             .get(&entry.cidr)
             .filter(|r| !r.expired(now))
             .map_or(now, |r| r.added_at);
@@ -488,8 +461,10 @@ pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome,
             }),
         );
     }
+    // Entries a replace removes were counted above; the rest are what the change names.
+    outcome.removed = removed_live;
     for (cidr, new) in &changes {
-        let live = state.list(kind).get(cidr).is_some_and(|r| !r.expired(now));
+        let live = held.get(cidr).is_some_and(|r| !r.expired(now));
         match (new, live) {
             (None, true) => outcome.removed += 1,
             (Some(_), true) => outcome.refreshed += 1,
@@ -502,11 +477,11 @@ pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome,
         .filter_map(|r| r.as_ref().and_then(|r| r.expires_at))
         .min();
     if !changes.is_empty() {
-        apply(paths, &mut state, kind, changes, &|_| {})?;
+        apply(paths, &mut store, kind, changes, &|_| {})?;
     }
     outcome.write = crate::state::OwnWrite {
         before,
-        after: crate::state::stamp(paths),
+        after: Some(store.generation()?),
         earliest_expiry,
     };
     Ok(outcome)
@@ -514,93 +489,97 @@ pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome,
 
 /// The live entries of `origin` on the blocklist.
 pub fn count_origin(paths: &Paths, origin: Origin) -> Result<usize, ListError> {
-    let state = State::load(paths)?;
-    Ok(list_live(&state, ListKind::Block)
-        .filter(|r| r.origin == origin)
+    let now = unix_now();
+    Ok(Store::open(paths)?
+        .of_origin(ListKind::Block, origin)?
+        .iter()
+        .filter(|r| !r.expired(now))
         .count())
 }
 
 /// Removes entries; every one must be listed, else nothing is removed.
 pub fn del(paths: &Paths, kind: ListKind, cidrs: &[Cidr]) -> Result<(), ListError> {
-    let (_lock, mut state) = loaded_state(paths)?;
+    let (_lock, mut store) = loaded_store(paths)?;
     let now = unix_now();
-    let listed = |c: &Cidr| state.list(kind).get(c).is_some_and(|r| !r.expired(now));
-    if let Some(missing) = cidrs.iter().find(|c| !listed(c)) {
-        return Err(ListError::NotListed {
-            cidr: *missing,
-            list: kind.name(),
-            verb: verb(kind),
-        });
+    for cidr in cidrs {
+        if store.get(kind, cidr)?.is_none_or(|r| r.expired(now)) {
+            return Err(ListError::NotListed {
+                cidr: *cidr,
+                list: kind.name(),
+                verb: verb(kind),
+            });
+        }
     }
-    let mut changes = expired_changes(&state, kind);
+    let mut changes = expired_changes(&store, kind)?;
     changes.extend(cidrs.iter().map(|c| (*c, None)));
-    apply(paths, &mut state, kind, changes, &|_| {})
+    apply(paths, &mut store, kind, changes, &|_| {})
 }
 
 /// Removes every entry. Returns how many there were.
 pub fn flush(paths: &Paths, kind: ListKind) -> Result<usize, ListError> {
-    let (_lock, mut state) = loaded_state(paths)?;
-    let n = list_live(&state, kind).count();
-    let changes: BTreeMap<_, _> = state.list(kind).keys().map(|c| (*c, None)).collect();
-    apply(paths, &mut state, kind, changes, &|_| {})?;
+    let (_lock, mut store) = loaded_store(paths)?;
+    let n = store.count_live(kind, unix_now())? as usize;
+    let changes: BTreeMap<_, _> = store
+        .all(kind)?
+        .into_iter()
+        .map(|r| (r.cidr, None))
+        .collect();
+    apply(paths, &mut store, kind, changes, &|_| {})?;
     Ok(n)
 }
 
-/// Removes the entries whose time is up from the maps and the state. Returns how many.
+/// Removes the entries whose time is up from the maps and the store. Returns how many.
 pub fn sweep_expired(paths: &Paths) -> Result<usize, ListError> {
-    let (_lock, mut state) = loaded_state(paths)?;
+    let (_lock, mut store) = loaded_store(paths)?;
     let mut n = 0;
     for kind in [ListKind::Allow, ListKind::Block] {
-        let changes = expired_changes(&state, kind);
+        let changes = expired_changes(&store, kind)?;
         if !changes.is_empty() {
             n += changes.len();
-            apply(paths, &mut state, kind, changes, &|_| {})?;
+            apply(paths, &mut store, kind, changes, &|_| {})?;
         }
     }
     Ok(n)
 }
 
-/// Entries still in force (expired ones are shown by nobody: the kernel ignores them too).
-pub fn list(paths: &Paths, kind: ListKind) -> Result<Vec<Record>, ListError> {
+/// Calls `f` with each entry still in force, in address order (expired ones are shown by
+/// nobody: the kernel ignores them too).
+pub fn for_each_live(
+    paths: &Paths,
+    kind: ListKind,
+    f: impl FnMut(Record) -> std::io::Result<()>,
+) -> Result<(), ListError> {
     if !paths.is_loaded() {
         return Err(KernelError::NotLoaded.into());
     }
     recover_if_pending(paths)?;
-    let state = State::load(paths)?;
-    Ok(list_live(&state, kind).cloned().collect())
+    Ok(Store::open(paths)?.for_each_live(kind, unix_now(), f)?)
 }
 
-/// The entries of `kind` still in force.
-pub fn list_live(state: &State, kind: ListKind) -> impl Iterator<Item = &Record> {
-    let now = unix_now();
-    state.list(kind).values().filter(move |r| !r.expired(now))
+/// Writes every record of the store into freshly loaded maps (on `attach`).
+pub fn restore(paths: &Paths, store: &Store) -> Result<(), ListError> {
+    write_kernel_lists(paths, store, false)
 }
 
-/// Writes every record of `state` into freshly loaded maps (on `attach`).
-pub fn restore(paths: &Paths, state: &State) -> Result<(), ListError> {
-    write_kernel_lists(paths, state, false)
-}
-
-/// Writes every live record of `state` into the kernel maps, exact hosts in batches. With
-/// `prune`, entries the state does not hold live are removed first. Expired records stay out
-/// (the next change sweeps them from the state too).
-fn write_kernel_lists(paths: &Paths, state: &State, prune: bool) -> Result<(), ListError> {
+/// Writes every live record of the store into the kernel maps, exact hosts in batches. With
+/// `prune`, entries the store does not hold live are removed first. Expired records stay out
+/// (the next change sweeps them from the store too).
+fn write_kernel_lists(paths: &Paths, store: &Store, prune: bool) -> Result<(), ListError> {
     let (unow, mnow) = (unix_now_ns(), mono_now_ns());
     let now = unix_now();
     for kind in [ListKind::Allow, ListKind::Block] {
         let mut maps = ListMaps::open(paths, kind)?;
-        let live = |cidr: &Cidr| state.list(kind).get(cidr).is_some_and(|r| !r.expired(now));
+        let live = store.live(kind, now)?;
         if prune {
+            let keep: std::collections::HashSet<Cidr> = live.iter().map(|r| r.cidr).collect();
             for cidr in maps.entries()? {
-                if !live(&cidr) {
+                if !keep.contains(&cidr) {
                     maps.remove(&cidr)?;
                 }
             }
         }
-        let entries: Vec<(Cidr, ListEntry)> = state
-            .list(kind)
-            .values()
-            .filter(|r| !r.expired(now))
+        let entries: Vec<(Cidr, ListEntry)> = live
+            .iter()
             .map(|r| (r.cidr, kernel_entry(r, unow, mnow)))
             .collect();
         maps.insert_all(&entries, &|_| {})?;
@@ -636,22 +615,6 @@ mod tests {
         assert_eq!(
             kernel_entry(&record("1.2.3.4", Some(130)), 100 * s + 250, 5).expires_ns,
             5 + 30 * s - 250
-        );
-    }
-
-    #[test]
-    fn bits_follow_the_lists() {
-        let mut state = State::default();
-        assert_eq!(list_bits(&state), 0);
-        for c in ["10.0.0.1", "10.1.0.0/16", "2001:db8::/32"] {
-            let r = record(c, None);
-            state.block.insert(r.cidr, r);
-        }
-        let r = record("2001:db8::1", None);
-        state.allow.insert(r.cidr, r);
-        assert_eq!(
-            list_bits(&state),
-            LIST_BLOCK4_HOST | LIST_BLOCK4_NET | LIST_BLOCK6_NET | LIST_ALLOW6_HOST
         );
     }
 

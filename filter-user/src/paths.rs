@@ -99,6 +99,12 @@ impl Paths {
             .join(format!("{LINK_PIN_PREFIX}{mode}_{escaped}"))
     }
 
+    /// The SQLite store of lists and limits.
+    pub fn store_file(&self) -> PathBuf {
+        self.state_dir.join("floodwall.db")
+    }
+
+    /// The JSON state of floodwalls before the store: read once, to migrate it.
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join("state.json")
     }

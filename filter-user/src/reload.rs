@@ -7,7 +7,7 @@ use crate::{
     config::{ConfigError, FileConfig},
     kernel::{self, KernelError},
     paths::Paths,
-    state::{Lock, State, StateError},
+    state::{Lock, StateError},
 };
 
 #[derive(Debug, Error)]
@@ -61,15 +61,15 @@ pub fn reload(paths: &Paths) -> Result<ReloadReport, ReloadError> {
 /// capacities differ from the loaded ones (those need a fresh attach).
 pub fn apply(paths: &Paths, file: &FileConfig) -> Result<bool, ReloadError> {
     let _lock = Lock::acquire(paths)?;
-    let mut state = State::load(paths)?;
+    let mut store = crate::store::Store::open(paths)?;
     file.limits
         .validate_frames(kernel::max_frame(paths))
         .map_err(|source| ConfigError::Limits {
             path: paths.config.clone(),
             source,
         })?;
-    crate::lists::recover(paths, &state)?;
-    crate::lists::change_limits(paths, &mut state, &file.limits)?;
+    crate::lists::recover(paths, &store)?;
+    crate::lists::change_limits(paths, &mut store, &file.limits)?;
     crate::syncookies::sync(paths, &file.limits)?;
     let fill = kernel::map_fill(paths)?;
     let capacity = |name: &str| fill.iter().find(|m| m.name == name).map(|m| m.capacity);

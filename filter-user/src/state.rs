@@ -1,13 +1,12 @@
-//! The persistent state: lists (with absolute expiry times) and limits, written atomically to
-//! the state directory on every change and restored by `attach`. And the lock that serialises
-//! the commands that change it.
+//! What the store holds (list records with absolute expiry times, their kinds and origins),
+//! the JSON state file of floodwalls before the store (read once, to migrate it; see
+//! `store.rs`), and the lock that serialises the commands that change things.
 
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::Write as _,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -15,8 +14,6 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{cidr::Cidr, limits::Limits, paths::Paths};
-
-const STATE_VERSION: u32 = 1;
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -40,6 +37,22 @@ pub enum StateError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("the store `{path}` failed: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the store `{path}` has schema version {found}, newer than this floodwall's \
+         ({supported}): it was written by a newer floodwall; run that one (this one would \
+         lose what it cannot read)"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
     },
     #[error("cannot lock `{path}`: {source}")]
     Lock {
@@ -111,7 +124,7 @@ impl Record {
     }
 }
 
-/// Everything floodwall must not lose.
+/// The JSON state file of floodwalls before the store: everything they kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
@@ -174,38 +187,6 @@ impl State {
         };
         serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source })
     }
-
-    /// Writes the state atomically: a temporary file, fsync, rename over the old one, fsync
-    /// of the directory. A crash at any point leaves either the old or the new state.
-    pub fn save(&self, paths: &Paths) -> Result<(), StateError> {
-        let path = paths.state_file();
-        let err = |source| StateError::Write {
-            path: path.clone(),
-            source,
-        };
-        paths
-            .ensure_state_dir()
-            .map_err(|e| err(std::io::Error::other(e)))?;
-        let mut state = self.clone();
-        state.version = STATE_VERSION;
-        let text = serde_json::to_vec(&state).map_err(|e| err(std::io::Error::other(e)))?;
-        let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(dir_of(&path))?.sync_all()
-        };
-        write().map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            err(source)
-        })
-    }
-}
-
-fn dir_of(path: &Path) -> &Path {
-    path.parent().unwrap_or(Path::new("/"))
 }
 
 /// Seconds since the Unix epoch.
@@ -249,15 +230,12 @@ impl Lock {
     }
 }
 
-/// What tells versions of the state file apart: inode (saves rename a new file into place),
-/// modification time and length.
-pub type Stamp = (u64, SystemTime, u64);
+/// A version of the store: its generation, bumped by every change.
+pub type Stamp = u64;
 
-/// The state file's version now, if it exists.
+/// The store's version now, if it can be read.
 pub fn stamp(paths: &Paths) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = fs::metadata(paths.state_file()).ok()?;
-    Some((meta.ino(), meta.modified().ok()?, meta.len()))
+    crate::store::Store::open(paths).ok()?.generation().ok()
 }
 
 /// One change this process made to the state file: its version before and after (both taken

@@ -5,6 +5,7 @@
 //! `state.json.migrated`.
 
 use std::{
+    collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -21,6 +22,9 @@ use crate::{
 
 /// The schema this floodwall writes; a store with a newer one is refused, never rewritten.
 pub const SCHEMA_VERSION: i64 = 1;
+
+/// Beyond this many entries, [`Store::records_for`] scans the list instead of looking each up.
+const LOOKUPS_BEFORE_SCAN: usize = 1024;
 
 /// How long a command waits for another's write to finish before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +43,7 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (list, family, addr, prefix)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_kind ON entries (list, family, prefix);
 CREATE TABLE IF NOT EXISTS limits (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL);
 ";
 
@@ -57,9 +62,14 @@ fn key(cidr: &Cidr) -> (i64, Vec<u8>, i64) {
 }
 
 fn origin_of(name: &str) -> Option<Origin> {
-    [Origin::Manual, Origin::Import, Origin::Auto, Origin::Crowdsec]
-        .into_iter()
-        .find(|o| o.name() == name)
+    [
+        Origin::Manual,
+        Origin::Import,
+        Origin::Auto,
+        Origin::Crowdsec,
+    ]
+    .into_iter()
+    .find(|o| o.name() == name)
 }
 
 /// A row back into a record; a row this floodwall cannot read is corruption.
@@ -124,9 +134,11 @@ impl Store {
     fn check_schema(&self) -> Result<(), StateError> {
         let found: Option<i64> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.db_error(e))?;
         match found {
@@ -168,13 +180,44 @@ impl Store {
     }
 
     fn records(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Record>, StateError> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.db_error(e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql)
+            .map_err(|e| self.db_error(e))?;
         let rows = stmt
             .query_map(args, record)
             .map_err(|e| self.db_error(e))?
             .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.db_error(e));
-        rows
+            .map_err(|e| self.db_error(e))?;
+        Ok(rows)
+    }
+
+    /// Calls `f` with each entry of `kind` in force at `now`, in address order, without
+    /// holding them all.
+    pub fn for_each_live(
+        &self,
+        kind: ListKind,
+        now: u64,
+        mut f: impl FnMut(Record) -> std::io::Result<()>,
+    ) -> Result<(), StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT * FROM entries WHERE list = ?1 AND (expires_at IS NULL OR expires_at > ?2) \
+                 ORDER BY family, addr, prefix",
+            )
+            .map_err(|e| self.db_error(e))?;
+        let mut rows = stmt
+            .query(params![list_id(kind), now as i64])
+            .map_err(|e| self.db_error(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.db_error(e))? {
+            let r = record(row).map_err(|e| self.db_error(e))?;
+            f(r).map_err(|source| StateError::Write {
+                path: PathBuf::from("-"),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// The entries of `kind` in force at Unix time `now`, in address order.
@@ -184,17 +227,6 @@ impl Store {
              ORDER BY family, addr, prefix",
             params![list_id(kind), now as i64],
         )
-    }
-
-    /// Whether `kind` has no entries at all.
-    pub fn is_empty(&self, kind: ListKind) -> Result<bool, StateError> {
-        self.conn
-            .query_row(
-                "SELECT NOT EXISTS (SELECT 1 FROM entries WHERE list = ?1)",
-                [list_id(kind)],
-                |r| r.get::<_, bool>(0),
-            )
-            .map_err(|e| self.db_error(e))
     }
 
     pub fn count_live(&self, kind: ListKind, now: u64) -> Result<u64, StateError> {
@@ -215,6 +247,32 @@ impl Store {
             "SELECT * FROM entries WHERE list = ?1 AND expires_at <= ?2",
             params![list_id(kind), now as i64],
         )
+    }
+
+    /// What the store holds for each of `cidrs` in `kind`. Many are read in one scan of the
+    /// list rather than looked up one by one (a million lookups take seconds, a scan of the
+    /// list a fraction of that).
+    pub fn records_for<'c>(
+        &self,
+        kind: ListKind,
+        cidrs: impl ExactSizeIterator<Item = &'c Cidr>,
+    ) -> Result<HashMap<Cidr, Record>, StateError> {
+        let mut out = HashMap::new();
+        if cidrs.len() > LOOKUPS_BEFORE_SCAN {
+            let wanted: HashSet<&Cidr> = cidrs.collect();
+            for r in self.all(kind)? {
+                if wanted.contains(&r.cidr) {
+                    out.insert(r.cidr, r);
+                }
+            }
+        } else {
+            for cidr in cidrs {
+                if let Some(r) = self.get(kind, cidr)? {
+                    out.insert(*cidr, r);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every entry of `kind`, expired or not.
@@ -282,9 +340,11 @@ fn connect(path: &Path) -> Result<Connection, StateError> {
     };
     let conn = Connection::open(path).map_err(err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
     // WAL with FULL: a committed change survives a power cut too.
-    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
     conn.execute_batch(SCHEMA).map_err(err)?;
     Ok(conn)
 }
@@ -311,28 +371,25 @@ fn get_in(conn: &Connection, kind: ListKind, cidr: &Cidr) -> rusqlite::Result<Op
 }
 
 fn list_bits_in(conn: &Connection) -> rusqlite::Result<u32> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT DISTINCT list, family, prefix = (CASE family WHEN 4 THEN 32 ELSE 128 END) \
-         FROM entries",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?))
-    })?;
+    // Eight indexed existence checks: never a scan of the lists.
     let mut bits = 0;
-    for row in rows {
-        let (list, family, host) = row?;
-        let kind = if list == 0 {
-            ListKind::Allow
-        } else {
-            ListKind::Block
-        };
+    for kind in [ListKind::Allow, ListKind::Block] {
         let [h4, n4, h6, n6] = crate::kernel::list_bits(kind);
-        bits |= match (family == 4, host) {
-            (true, true) => h4,
-            (true, false) => n4,
-            (false, true) => h6,
-            (false, false) => n6,
-        };
+        for (family, host_len, host_bit, net_bit) in [(4, 32, h4, n4), (6, 128, h6, n6)] {
+            let exists = |op: &str| -> rusqlite::Result<bool> {
+                conn.prepare_cached(&format!(
+                    "SELECT EXISTS (SELECT 1 FROM entries WHERE list = ?1 AND family = ?2 \
+                     AND prefix {op} ?3)"
+                ))?
+                .query_row(params![list_id(kind), family, host_len], |r| r.get(0))
+            };
+            if exists("=")? {
+                bits |= host_bit;
+            }
+            if exists("<")? {
+                bits |= net_bit;
+            }
+        }
     }
     Ok(bits)
 }
@@ -470,8 +527,11 @@ fn migrate(paths: &Paths, path: &Path) -> Result<(), StateError> {
         source,
     };
     std::fs::rename(&tmp, path).map_err(io)?;
-    std::fs::rename(paths.state_file(), paths.state_file().with_extension("json.migrated"))
-        .map_err(io)?;
+    std::fs::rename(
+        paths.state_file(),
+        paths.state_file().with_extension("json.migrated"),
+    )
+    .map_err(io)?;
     log::info!(
         "migrated {} list entries and the limits from {} into {}",
         state.allow.len() + state.block.len(),

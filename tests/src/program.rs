@@ -17,7 +17,7 @@ use floodwall::{
     limits::Limits,
     lists::{self, AddOptions},
     paths::Paths,
-    state::{ListKind, Lock, Origin, State},
+    state::{ListKind, Lock, Origin},
 };
 
 use crate::netns::{BpffsDir, StateDir};
@@ -64,8 +64,8 @@ impl Loaded {
     pub fn set_limits(&self, limits: &Limits) -> Result<()> {
         // The controller's own limits transaction, as `limit set` runs it.
         let _lock = Lock::acquire(&self.paths)?;
-        let mut state = State::load(&self.paths)?;
-        lists::change_limits(&self.paths, &mut state, limits)?;
+        let mut store = floodwall::store::Store::open(&self.paths)?;
+        lists::change_limits(&self.paths, &mut store, limits)?;
         kernel::reset_globals(&self.paths)?;
         Ok(())
     }

@@ -14,13 +14,13 @@ use serde_json::{Value, json};
 
 /// What bad input must leave alone: both lists (exit status and entries, without the
 /// `ttl_left_secs` that ticks by itself), `status --json` (minus the fill of maps that only
-/// traffic changes), and the state file.
+/// traffic changes), and the limits the store holds.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     block: (Option<i32>, Value),
     allow: (Option<i32>, Value),
     status: Value,
-    state_file: Option<String>,
+    limits: (Option<i32>, Value),
 }
 
 /// `list` without the field that changes with the clock.
@@ -56,12 +56,20 @@ fn snapshot(fw: &Floodwall<'_>) -> Result<Snapshot> {
                 .is_some_and(|n| n.starts_with("ALLOW") || n.starts_with("BLOCK"))
         });
     }
-    let state_file = std::fs::read_to_string(fw.state_dir().join("state.json")).ok();
+    let limits = {
+        let out = fw.run(&["limit", "show", "--json"])?;
+        let value = if out.status.success() {
+            serde_json::from_slice(&out.stdout).context("limit show --json is not JSON")?
+        } else {
+            Value::Null
+        };
+        (out.status.code(), value)
+    };
     Ok(Snapshot {
         block: list("block")?,
         allow: list("allow")?,
         status,
-        state_file,
+        limits,
     })
 }
 
@@ -991,5 +999,106 @@ fn status_is_a_health_check() -> Result<()> {
     fw.ok(&["detach", "--all"])?;
     let stderr = fw.fails(&["status"], 3)?;
     ensure!(stderr.contains("not attached"), "status detached: {stderr}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_state_json_is_migrated_into_the_store_once_and_nothing_is_lost() -> Result<()> {
+    let host = Host::new("ctl")?;
+    let fw = host.floodwall()?;
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    // A state file as floodwalls before the store wrote it.
+    let old = json!({
+        "version": 1,
+        "limits": { "pps": 50, "burst": 7, "prefix6": 56 },
+        "allow": [{ "cidr": "192.0.2.9", "origin": "manual", "added_at": 1_700_000_000 }],
+        "block": [
+            { "cidr": "198.51.100.0/24", "comment": "scanner", "origin": "import",
+              "added_at": 1_700_000_001 },
+            { "cidr": "2001:db8::/32", "expires_at": later, "origin": "auto",
+              "added_at": 1_700_000_002 },
+            { "cidr": "203.0.113.7", "origin": "crowdsec", "comment": "ssh-bf",
+              "added_at": 1_700_000_003 }
+        ]
+    });
+    std::fs::write(fw.state_dir().join("state.json"), old.to_string())?;
+    fw.ok(&["attach", host.iface(), "--mode", "native"])?;
+    let check = |when: &str| -> Result<()> {
+        let block = block_list(&fw)?;
+        let find = |cidr: &str| block.iter().find(|e| e["cidr"] == cidr).cloned();
+        let scanner = find("198.51.100.0/24").context("the imported prefix")?;
+        ensure!(
+            scanner["comment"] == "scanner"
+                && scanner["origin"] == "import"
+                && scanner["added_at"] == 1_700_000_001,
+            "{when}: {scanner}"
+        );
+        let ban = find("2001:db8::/32").context("the ban")?;
+        ensure!(
+            ban["expires_at"] == later && ban["origin"] == "auto",
+            "{when}: {ban}"
+        );
+        ensure!(
+            find("203.0.113.7").is_some_and(|e| e["origin"] == "crowdsec"),
+            "{when}: {block:?}"
+        );
+        ensure!(block.len() == 3, "{when}: {block:?}");
+        let allow = fw.json(&["allow", "list", "--json"])?;
+        ensure!(allow[0]["cidr"] == "192.0.2.9", "{when}: {allow}");
+        let limits = fw.json(&["limit", "show", "--json"])?;
+        ensure!(
+            limits["pps"] == 50 && limits["burst"] == 7 && limits["prefix6"] == 56,
+            "{when}: {limits}"
+        );
+        // And in the kernel, not only in the store.
+        let status = fw.json(&["status", "--json"])?;
+        ensure!(
+            status["kernel_lists"] == json!({ "allow": 1, "block": 3 }),
+            "{when}: {status}"
+        );
+        Ok(())
+    };
+    check("after the migration")?;
+    ensure!(
+        !fw.state_dir().join("state.json").exists()
+            && fw.state_dir().join("state.json.migrated").exists()
+            && fw.state_dir().join("floodwall.db").exists(),
+        "the state file was not moved aside"
+    );
+    fw.ok(&["detach", "--all"])?;
+    fw.ok(&["attach", host.iface(), "--mode", "native"])?;
+    check("after a detach and attach, from the store")?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_store_from_a_newer_floodwall_is_refused_and_left_alone() -> Result<()> {
+    let host = Host::new("ctl")?;
+    let fw = host.attached()?;
+    fw.ok(&["block", "add", "192.0.2.1"])?;
+    let db = fw.state_dir().join("floodwall.db");
+    {
+        let conn = rusqlite::Connection::open(&db)?;
+        conn.execute(
+            "UPDATE meta SET value = 99 WHERE key = 'schema_version'",
+            [],
+        )?;
+    }
+    let stderr = fw.fails(&["block", "add", "192.0.2.2"], 1)?;
+    ensure!(
+        stderr.contains("schema version 99") && stderr.contains("newer floodwall"),
+        "{stderr}"
+    );
+    let conn = rusqlite::Connection::open(&db)?;
+    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
+    ensure!(
+        rows == 1,
+        "the refused command changed the store ({rows} rows)"
+    );
     Ok(())
 }

@@ -53,14 +53,13 @@ fn xdp_prog_id(host: &Host) -> Result<Option<u64>> {
 
 /// What a refused command must leave alone: both lists (exit status and entries, without the
 /// `ttl_left_secs` that ticks by itself), the limits, `status --json` (minus the fill of maps
-/// that only traffic changes), the state file, and the XDP program on the interface.
+/// that only traffic changes), and the XDP program on the interface.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     block: (Option<i32>, Value),
     allow: (Option<i32>, Value),
     limits: (Option<i32>, Value),
     status: Value,
-    state_file: Option<String>,
     xdp: Option<u64>,
 }
 
@@ -101,7 +100,6 @@ fn snapshot(host: &Host, fw: &Floodwall<'_>) -> Result<Snapshot> {
         allow: read(&["allow", "list", "--json"])?,
         limits: read(&["limit", "show", "--json"])?,
         status,
-        state_file: std::fs::read_to_string(fw.state_dir().join("state.json")).ok(),
         xdp: xdp_prog_id(host)?,
     })
 }
@@ -523,8 +521,8 @@ fn a_pin_directory_off_bpffs_is_refused() -> Result<()> {
             .collect();
         ensure!(left.is_empty(), "a refused attach left {left:?}");
         ensure!(
-            !fw.state_dir().join("state.json").exists(),
-            "a refused attach wrote the state file"
+            !fw.state_dir().join("floodwall.db").exists(),
+            "a refused attach created the store"
         );
     }
 

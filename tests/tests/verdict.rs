@@ -1070,7 +1070,7 @@ fn a_global_cap_drop_gives_its_tokens_back() -> Result<()> {
     floodwall::limits::publish(
         &fw.paths,
         &newcomers,
-        floodwall::lists::list_bits(&floodwall::state::State::load(&fw.paths)?),
+        floodwall::store::Store::open(&fw.paths)?.list_bits()?,
     )?;
     let newcomer_passed = (21..=40u8)
         .map(|i| passes(&fw, &udp([203, 0, 113, i].into(), 16), 1))
@@ -1100,7 +1100,7 @@ fn a_global_cap_drop_gives_its_tokens_back() -> Result<()> {
             global_bps: 0,
             ..caps
         },
-        floodwall::lists::list_bits(&floodwall::state::State::load(&fw.paths)?),
+        floodwall::store::Store::open(&fw.paths)?.list_bits()?,
     )?;
     let by_packets = passes(&fw, &big, 100)?;
     ensure!(

@@ -7,7 +7,9 @@ pub(super) fn current_limits(paths: &Paths) -> Result<Limits, CliError> {
     if !paths.is_loaded() {
         return Err(KernelError::NotLoaded.into());
     }
-    Ok(State::load(paths)?.limits.unwrap_or_default())
+    Ok(crate::store::Store::open(paths)?
+        .limits()?
+        .unwrap_or_default())
 }
 
 pub(super) fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError> {
@@ -15,8 +17,8 @@ pub(super) fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError>
         return Err(KernelError::NotLoaded.into());
     }
     let _lock = Lock::acquire(paths)?;
-    let mut state = State::load(paths)?;
-    let mut limits = state.limits.clone().unwrap_or_default();
+    let mut store = crate::store::Store::open(paths)?;
+    let mut limits = store.limits()?.unwrap_or_default();
     macro_rules! apply {
         ($($field:ident),*) => { $( if let Some(v) = args.$field { limits.$field = v; } )* };
     }
@@ -41,8 +43,8 @@ pub(super) fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError>
     limits.validate()?;
     limits.validate_frames(kernel::max_frame(paths))?;
     // A change a killed command left half-done is finished first.
-    lists::recover(paths, &state)?;
-    lists::change_limits(paths, &mut state, &limits)?;
+    lists::recover(paths, &store)?;
+    lists::change_limits(paths, &mut store, &limits)?;
     if limits.syn_cookies != SynCookies::Auto {
         // Only the service switches `auto`; any other mode leaves nothing switched.
         kernel::set_syn_auto_active(paths, false)?;

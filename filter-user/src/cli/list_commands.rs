@@ -1,6 +1,8 @@
 //! `floodwall block ...` and `floodwall allow ...`.
 
 use super::render::format_secs;
+use std::io::Write as _;
+
 use super::*;
 
 pub(super) fn list_command(
@@ -52,46 +54,64 @@ pub(super) fn list_command(
             origin,
             contains,
         } => {
-            let records: Vec<_> = lists::list(paths, kind)?
-                .into_iter()
-                .filter(|r| origin.is_none_or(|o| r.origin == o))
-                .filter(|r| contains.is_none_or(|a| r.cidr.contains(&a)))
-                .collect();
             let now_ns = unix_now_ns();
             // Whole seconds left, rounded down: never more than the TTL given.
             let left =
                 |at: u64| at.saturating_mul(1_000_000_000).saturating_sub(now_ns) / 1_000_000_000;
+            let wanted = |r: &crate::state::Record| {
+                origin.is_none_or(|o| r.origin == o) && contains.is_none_or(|a| r.cidr.contains(&a))
+            };
+            // Streamed a row at a time: a list of millions is never held whole.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut n = 0u64;
             if json {
-                let items: Vec<_> = records
-                    .iter()
-                    .map(|r| {
-                        json!({
-                            "cidr": r.cidr.to_string(),
-                            "origin": r.origin.name(),
-                            "comment": r.comment,
-                            "added_at": r.added_at,
-                            "expires_at": r.expires_at,
-                            "ttl_left_secs": r.expires_at.map(left),
-                        })
-                    })
-                    .collect();
-                print_json(&json!(items))?;
+                writeln!(out, "[").map_err(CliError::Output)?;
             } else {
-                println!("{:<43} {:>10} {:<8} COMMENT", "CIDR", "TTL LEFT", "ORIGIN");
-                for r in &records {
-                    let left = r
+                writeln!(
+                    out,
+                    "{:<43} {:>10} {:<8} COMMENT",
+                    "CIDR", "TTL LEFT", "ORIGIN"
+                )
+                .map_err(CliError::Output)?;
+            }
+            lists::for_each_live(paths, kind, |r| {
+                if !wanted(&r) {
+                    return Ok(());
+                }
+                if json {
+                    let item = json!({
+                        "cidr": r.cidr.to_string(),
+                        "origin": r.origin.name(),
+                        "comment": r.comment,
+                        "added_at": r.added_at,
+                        "expires_at": r.expires_at,
+                        "ttl_left_secs": r.expires_at.map(left),
+                    });
+                    let sep = if n == 0 { "" } else { ",\n" };
+                    write!(out, "{sep}  {item}")?;
+                } else {
+                    let ttl = r
                         .expires_at
                         .map_or_else(|| "-".to_owned(), |t| format_secs(left(t)));
-                    println!(
+                    writeln!(
+                        out,
                         "{:<43} {:>10} {:<8} {}",
                         r.cidr.to_string(),
-                        left,
+                        ttl,
                         r.origin.name(),
                         r.comment.as_deref().unwrap_or("")
-                    );
+                    )?;
                 }
-                println!("{} entries", records.len());
+                n += 1;
+                Ok(())
+            })?;
+            if json {
+                writeln!(out, "{}]", if n == 0 { "" } else { "\n" })
+            } else {
+                writeln!(out, "{n} entries")
             }
+            .and_then(|()| out.flush())
+            .map_err(CliError::Output)?;
         }
         ListCommand::Import {
             file,

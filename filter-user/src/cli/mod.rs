@@ -27,7 +27,7 @@ use crate::{
     limits::{Limits, LimitsError, MalformedAction, SynCookies},
     lists::{self, AddOptions, ListError},
     paths::{Paths, PathsError},
-    state::{ListKind, Lock, Origin, State, StateError, unix_now_ns},
+    state::{ListKind, Lock, Origin, StateError, unix_now_ns},
     stats::{self, Stats},
 };
 

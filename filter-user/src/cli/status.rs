@@ -23,8 +23,13 @@ pub(super) fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
         return Err(not_attached);
     }
     lists::recover_if_pending(paths)?;
-    let state = State::load(paths)?;
-    let limits = state.limits.clone().unwrap_or_default();
+    let store = crate::store::Store::open(paths)?;
+    let limits = store.limits()?.unwrap_or_default();
+    let now = crate::state::unix_now();
+    let (allowed, blocked) = (
+        store.count_live(ListKind::Allow, now)?,
+        store.count_live(ListKind::Block, now)?,
+    );
     let fill = kernel::map_fill(paths)?;
     let config = kernel::read_config(paths)?;
     let program_id = kernel::program_id(paths)?;
@@ -65,8 +70,8 @@ pub(super) fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
             "crowdsec": crowdsec,
             "limits": limits,
             "lists": {
-                "allow": lists::list_live(&state, ListKind::Allow).count(),
-                "block": lists::list_live(&state, ListKind::Block).count(),
+                "allow": allowed,
+                "block": blocked,
             },
             "kernel_lists": { "allow": kernel_allow, "block": kernel_block },
             "maps": fill,
@@ -124,8 +129,7 @@ pub(super) fn status(paths: &Paths, json: bool) -> Result<(), CliError> {
     println!(
         "lists:       {} allowed, {} blocked (kernel maps: {kernel_allow} allow, {kernel_block} \
          block entries)",
-        lists::list_live(&state, ListKind::Allow).count(),
-        lists::list_live(&state, ListKind::Block).count()
+        allowed, blocked
     );
     match service_pid {
         Some(pid) => println!("service:     floodwall run, pid {pid}"),

@@ -1084,7 +1084,7 @@ impl Control {
     fn table(&self) -> String {
         format!(
             "| what | entries | seconds | entries/s | x nft -f |\n|---|---:|---:|---:|---:|\n\
-             | `floodwall block import FILE` (real binary, program attached, state file written) | {n} | {:.2} | {:.0} | {:.2} |\n\
+             | `floodwall block import FILE` (real binary, program attached, store written) | {n} | {:.2} | {:.0} | {:.2} |\n\
              | `nft -f FILE` (one netdev table: a set with the same /32s and a rule using it) | {n} | {:.2} | {:.0} | 1.00 |\n",
             self.floodwall.as_secs_f64(),
             f64::from(self.entries) / self.floodwall.as_secs_f64().max(1e-9),
@@ -1509,8 +1509,8 @@ rate is what this packet source reaches with the SYN-ACKs flowing back over the 
 Both run inside benchmark namespaces: floodwall with a private bpffs and state directory, the
 program attached to a veth end; `nft` into a netdev table on the other end. The file holds
 {entries} lines `100.64.x.y/32`. floodwall's time is the whole command: reading and parsing
-the file, the state lock, batched map updates and writing the state file. No target is set for
-this comparison.
+the file, the lock, batched map updates and writing the store. No target is set for this
+comparison.
 
 ### CrowdSec decisions (recorded from `tests/tests/crowdsec.rs`, not rerun by this benchmark)
 
@@ -1521,13 +1521,15 @@ namespace's loopback) with two `floodwall run` hosts, each with its own key, pul
 | what | debug build | release build |
 |---|---:|---:|
 | `cscli decisions add` to the entry on both hosts' XDP maps (three decisions) | 1.6-1.9 s | - |
-| 100,000 decisions in one full pull (fresh host): parse, plan, maps and store | 1.57-1.72 s | 0.42 s |
-| service resident memory holding 100,000 decisions, after the pull (peak during it) | 171 MiB (176) | 54 MiB (146) |
+| 100,000 decisions in one full pull (fresh host): parse, plan, maps and store | 1.94 s | - |
+| service resident memory holding 100,000 decisions, after the pull (peak during it) | 75 MiB (128-187) | - |
+| the same two with the JSON state file of before the SQLite store | 1.57-1.72 s, 171 MiB | 0.42 s, 54 MiB |
 | catch-up after the LAPI was down for 6 s (backoff capped at 30 s) | 2.8-4.7 s | - |
 
 For scale: crowdsecurity/cs-firewall-bouncer#114 reports the nftables bouncer applying about
-40 decisions per second; 100,000 at that rate take about 40 minutes. The apply time is
-dominated by the JSON state file (every change rewrites it whole). The LAPI's own deltas lost
+40 decisions per second; 100,000 at that rate take about 40 minutes. In a debug build the
+SQLite upserts of a full pull cost a little more than rewriting the JSON file did; a delta
+now writes only its own rows. The LAPI's own deltas lost
 about 50 of 100,000 decisions of a bulk import in one run (rows committed after the pull that
 should have carried them began); the periodic full pull (`resync_secs`) repaired it.
 ",
