@@ -996,9 +996,20 @@ fn status_is_a_health_check() -> Result<()> {
     ensure!(stderr.contains("dry-run"), "status in dry-run: {stderr}");
     fw.ok(&["limit", "set", "--dry-run", "false"])?;
     fw.ok(&["status"])?;
-    fw.ok(&["detach", "--all"])?;
+    let limits = fw.json(&["limit", "set", "--pps", "5", "--json"])?;
+    ensure!(limits["pps"] == 5, "limit set --json: {limits}");
+    let detached = fw.json(&["detach", "--all", "--json"])?;
+    ensure!(
+        detached == json!({ "detached": [host.iface()] }),
+        "detach --json: {detached}"
+    );
     let stderr = fw.fails(&["status"], 3)?;
     ensure!(stderr.contains("not attached"), "status detached: {stderr}");
+    let attached = fw.json(&["attach", host.iface(), "--mode", "native", "--json"])?;
+    ensure!(
+        attached == json!({ "attached": [{ "iface": host.iface(), "mode": "native" }] }),
+        "attach --json: {attached}"
+    );
     Ok(())
 }
 

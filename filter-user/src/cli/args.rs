@@ -28,6 +28,9 @@ pub enum Command {
         /// Decide and count, but pass every packet
         #[arg(long)]
         dry_run: bool,
+        /// Print what was attached as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Detach from interfaces; the last detach unloads the filter (lists and limits persist)
     Detach {
@@ -40,6 +43,9 @@ pub enum Command {
         /// Detach from every interface
         #[arg(long)]
         all: bool,
+        /// Print what was detached as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Interfaces, limits, list sizes and map fill levels
     Status {
@@ -252,6 +258,9 @@ pub struct LimitArgs {
     /// Ports the SYN challenge covers, comma-separated, or `all` (every port with a listener)
     #[arg(long, value_parser = parse_ports)]
     pub syn_ports: Option<SynPorts>,
+    /// Print the limits in force afterwards as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--syn-ports`: a list, or every port with a listener.

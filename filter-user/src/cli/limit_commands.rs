@@ -50,7 +50,11 @@ pub(super) fn limit_set(paths: &Paths, args: &LimitArgs) -> Result<(), CliError>
         kernel::set_syn_auto_active(paths, false)?;
     }
     crate::syncookies::sync(paths, &limits)?;
-    print_limits(&limits, kernel::max_frame(paths));
+    if args.json {
+        print_json(&serde_json::to_value(&limits).map_err(|e| CliError::Output(e.into()))?)?;
+    } else {
+        print_limits(&limits, kernel::max_frame(paths));
+    }
     Ok(())
 }
 

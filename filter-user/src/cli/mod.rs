@@ -118,23 +118,37 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             mode,
             config,
             dry_run,
+            json,
         } => {
             let options = AttachOptions {
                 mode,
                 config: config.as_deref(),
                 dry_run,
             };
-            for (iface, mode) in attach::attach(&paths, &ifaces, &options)? {
-                println!("attached to {iface} ({} mode)", mode.name());
+            let done = attach::attach(&paths, &ifaces, &options)?;
+            if json {
+                let items: Vec<_> = done
+                    .iter()
+                    .map(|(iface, mode)| json!({ "iface": iface, "mode": mode.name() }))
+                    .collect();
+                print_json(&json!({ "attached": items }))?;
+            } else {
+                for (iface, mode) in done {
+                    println!("attached to {iface} ({} mode)", mode.name());
+                }
             }
         }
-        Command::Detach { ifaces, all } => {
+        Command::Detach { ifaces, all, json } => {
             let detached = attach::detach(&paths, &ifaces, all)?;
-            if detached.is_empty() {
-                println!("floodwall was not attached anywhere");
-            }
-            for iface in detached {
-                println!("detached from {iface}");
+            if json {
+                print_json(&json!({ "detached": detached }))?;
+            } else {
+                if detached.is_empty() {
+                    println!("floodwall was not attached anywhere");
+                }
+                for iface in detached {
+                    println!("detached from {iface}");
+                }
             }
         }
         Command::Status { json } => status::status(&paths, json)?,
