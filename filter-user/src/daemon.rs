@@ -374,6 +374,8 @@ struct Watch {
     state_seen: Option<crate::state::Stamp>,
     /// Changes this process made itself (bans, CrowdSec), followed without reading them back.
     own: Arc<OwnWrites>,
+    /// The store, opened once for the per-second checks.
+    store: Option<Store>,
     /// The earliest expiry of a list entry in it (Unix s).
     next_expiry: Option<u64>,
     /// Its allowlist (entries in force then), so bans need not read the whole state.
@@ -394,6 +396,7 @@ impl Watch {
     fn new(service: ServiceConfig, counters: Arc<ServiceCounters>, own: Arc<OwnWrites>) -> Watch {
         Watch {
             own,
+            store: None,
             service,
             counters,
             offenders: Offenders::default(),
@@ -553,6 +556,19 @@ impl Watch {
         self.syn_challenge(paths);
     }
 
+    /// The store's generation, through a connection kept open across ticks (reopened after
+    /// an error).
+    fn generation(&mut self, paths: &Paths) -> Option<u64> {
+        if self.store.is_none() {
+            self.store = Store::open(paths).ok();
+        }
+        let generation = self.store.as_ref()?.generation().ok();
+        if generation.is_none() {
+            self.store = None;
+        }
+        generation
+    }
+
     /// Removes expired list entries. The store is read only when someone else changed it or
     /// an entry is due to expire, not every second.
     fn sweep(&mut self, paths: &Paths, now: u64) {
@@ -567,20 +583,19 @@ impl Watch {
                 (a, b) => a.or(b),
             };
         }
-        let stamp = crate::state::stamp(paths);
+        let stamp = self.generation(paths);
         let due = self.next_expiry.is_some_and(|t| t <= now);
         if stamp == self.state_seen && !due {
             return;
         }
-        let read = || -> Result<_, StateError> {
-            let store = Store::open(paths)?;
+        let read = |store: &Store| -> Result<_, StateError> {
             Ok((
                 store.live(ListKind::Allow, now)?,
                 store.any_expired(now)?,
                 store.next_expiry(now)?,
             ))
         };
-        let Ok((allowlist, expired, next_expiry)) = read() else {
+        let Some(Ok((allowlist, expired, next_expiry))) = self.store.as_ref().map(read) else {
             return;
         };
         self.counters.state_reads.fetch_add(1, Ordering::Relaxed);
@@ -597,7 +612,7 @@ impl Watch {
                         info!("removed {n} expired list entries");
                     }
                     // What the sweep left is what was just read, less the expired entries.
-                    self.state_seen = crate::state::stamp(paths);
+                    self.state_seen = self.generation(paths);
                 }
                 Err(e) => {
                     warn!("sweeping expired entries: {e}");

@@ -94,6 +94,18 @@ pub enum Origin {
 }
 
 impl Origin {
+    pub const ALL: [Origin; 4] = [
+        Origin::Manual,
+        Origin::Import,
+        Origin::Auto,
+        Origin::Crowdsec,
+    ];
+
+    /// The origin `name()` gives this name.
+    pub fn from_name(name: &str) -> Option<Origin> {
+        Origin::ALL.into_iter().find(|o| o.name() == name)
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Origin::Manual => "manual",
@@ -232,11 +244,6 @@ impl Lock {
 
 /// A version of the store: its generation, bumped by every change.
 pub type Stamp = u64;
-
-/// The store's version now, if it can be read.
-pub fn stamp(paths: &Paths) -> Option<Stamp> {
-    crate::store::Store::open(paths).ok()?.generation().ok()
-}
 
 /// One change this process made to the state file: its version before and after (both taken
 /// under the lock), and the earliest expiry it added.

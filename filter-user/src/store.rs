@@ -61,17 +61,6 @@ fn key(cidr: &Cidr) -> (i64, Vec<u8>, i64) {
     }
 }
 
-fn origin_of(name: &str) -> Option<Origin> {
-    [
-        Origin::Manual,
-        Origin::Import,
-        Origin::Auto,
-        Origin::Crowdsec,
-    ]
-    .into_iter()
-    .find(|o| o.name() == name)
-}
-
 /// A row back into a record; a row this floodwall cannot read is corruption.
 fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     let bad = |what: &str| {
@@ -95,7 +84,7 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         cidr,
         expires_at: row.get::<_, Option<i64>>("expires_at")?.map(|t| t as u64),
         comment: row.get("comment")?,
-        origin: origin_of(&origin).ok_or_else(|| bad("origin"))?,
+        origin: Origin::from_name(&origin).ok_or_else(|| bad("origin"))?,
         added_at: row.get::<_, i64>("added_at")? as u64,
     })
 }

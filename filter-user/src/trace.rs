@@ -112,7 +112,8 @@ fn trace_program_id(paths: &Paths) -> Result<u32, TraceError> {
         .ok_or(TraceError::NoTraceProgram)
 }
 
-fn config(cidr: &Cidr, rate: u64, until_ns: u64) -> TraceConfig {
+/// The kernel's trace switch for `cidr`, `rate` lines a second, until `until_ns`.
+pub fn config(cidr: &Cidr, rate: u64, until_ns: u64) -> TraceConfig {
     let mut addr = [0u8; 16];
     let family = match cidr.addr() {
         std::net::IpAddr::V4(a) => {

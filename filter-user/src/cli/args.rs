@@ -191,15 +191,8 @@ pub enum ListCommand {
 }
 
 fn parse_origin(text: &str) -> Result<Origin, String> {
-    [
-        Origin::Manual,
-        Origin::Import,
-        Origin::Auto,
-        Origin::Crowdsec,
-    ]
-    .into_iter()
-    .find(|o| o.name() == text)
-    .ok_or_else(|| format!("`{text}` is not an origin: use manual, import, auto or crowdsec"))
+    Origin::from_name(text)
+        .ok_or_else(|| format!("`{text}` is not an origin: use manual, import, auto or crowdsec"))
 }
 
 #[derive(Debug, Subcommand)]

@@ -383,7 +383,7 @@ impl Bouncer {
                 Vec::new(),
                 Vec::new(),
                 Err(lists::ListError::State(crate::state::StateError::Write {
-                    path: self.paths.state_file(),
+                    path: self.paths.store_file(),
                     source: std::io::Error::other(e.to_string()),
                 })),
             )

@@ -250,21 +250,7 @@ fn floodwall_cases(mode: &Mode) -> Result<Vec<Row>> {
     // (the lines are spent, so every run takes the suppressed path). Trace off is the row
     // above: one array lookup.
     let trace = |cidr: &str, rate: u64| -> Result<filter_common::TraceConfig> {
-        let cidr: Cidr = cidr.parse()?;
-        let IpAddr::V4(net) = cidr.addr() else {
-            bail!("IPv4 only here");
-        };
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&net.octets());
-        Ok(filter_common::TraceConfig {
-            on: 1,
-            family: FAMILY_V4,
-            prefix_len: u32::from(cidr.prefix_len()),
-            _pad: 0,
-            addr,
-            until_ns: u64::MAX,
-            lines: filter_common::Bucket::packets(rate, rate),
-        })
+        Ok(floodwall::trace::config(&cidr.parse()?, rate, u64::MAX))
     };
     for (case, cidr, rate) in [
         (
