@@ -1,10 +1,204 @@
 //! Reads address lists in the forms they are published and exported in: plain lists, FireHOL
-//! netsets, Spamhaus DROP files and `ipset save` output. The form is recognised line by line,
-//! so one file may mix them.
+//! netsets, Spamhaus DROP files and `ipset save` output, and applies one to a list. The form
+//! is recognised line by line, so one file may mix them. An import is streamed: a million
+//! lines cost the memory of a batch, not of the file.
 
-use std::net::IpAddr;
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Seek},
+    net::IpAddr,
+    time::Duration,
+};
 
-use crate::cidr::{Cidr, CidrError};
+use filter_common::ListEntry;
+
+use crate::{
+    cidr::{Cidr, CidrError},
+    kernel::ListMaps,
+    lists::{self, ListError},
+    paths::Paths,
+    state::{ListKind, Origin, Record, unix_now, unix_now_ns},
+    store::FeedWrite,
+};
+
+/// Lines read, written and put into the kernel per batch.
+const BATCH: usize = 65_536;
+
+/// How an import is applied.
+pub struct ImportOptions<'a> {
+    pub ttl: Option<Duration>,
+    pub comment: Option<&'a str>,
+    /// Allow blocking a prefix that holds one of this host's addresses.
+    pub force: bool,
+    /// Make the imported entries exactly this list: earlier imported entries missing from it
+    /// are removed in the same change, and entries of other origins are left alone.
+    pub replace: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// Distinct entries in the list.
+    pub entries: u64,
+    pub new: u64,
+    pub updated: u64,
+    /// Earlier imported entries a `replace` removed.
+    pub removed: u64,
+    /// Entries a `replace` left to the other origin that holds them.
+    pub kept_other_origin: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportFailure {
+    #[error(transparent)]
+    Parse(#[from] ImportError),
+    #[error(transparent)]
+    List(#[from] ListError),
+}
+
+impl From<crate::state::StateError> for ImportFailure {
+    fn from(e: crate::state::StateError) -> Self {
+        ImportFailure::List(e.into())
+    }
+}
+
+impl From<crate::kernel::KernelError> for ImportFailure {
+    fn from(e: crate::kernel::KernelError) -> Self {
+        ImportFailure::List(e.into())
+    }
+}
+
+/// Imports the list in `file` from its start (read twice: checked whole first, so bad input
+/// changes nothing; then applied in batches) as one change: all of it or, on any failure, none.
+/// `progress` is called with the lines applied so far out of the total it is first given.
+pub fn import_file(
+    paths: &Paths,
+    kind: ListKind,
+    file: &mut File,
+    options: &ImportOptions<'_>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<ImportOutcome, ImportFailure> {
+    let rewind = |file: &mut File| {
+        file.rewind().map_err(|e| ImportError::Read {
+            line: 0,
+            reason: e.to_string(),
+        })
+    };
+    rewind(file)?;
+    let own = lists::own_addresses();
+    let mut total = 0;
+    for cidr in ListReader::new(BufReader::new(&*file)) {
+        let cidr = cidr?;
+        if kind == ListKind::Block {
+            lists::check_lockout_with(&[cidr], options.force, &own)?;
+        }
+        total += 1;
+    }
+    rewind(file)?;
+    let (_lock, mut store) = lists::loaded_store(paths)?;
+    let mut maps = ListMaps::open(paths, kind)?;
+    lists::mark_pending(paths)?;
+    let applied = apply(paths, &mut store, &mut maps, kind, file, options, &|done| {
+        progress(done, total)
+    });
+    match applied {
+        Ok(outcome) => {
+            lists::clear_pending(paths);
+            Ok(outcome)
+        }
+        Err(e) => {
+            // The store's change was rolled back: the kernel goes back to what it holds.
+            lists::recover(paths, &store)?;
+            Err(e)
+        }
+    }
+}
+
+/// The change itself, inside the store's transaction (dropped, so rolled back, on error).
+fn apply(
+    paths: &Paths,
+    store: &mut crate::store::Store,
+    maps: &mut ListMaps,
+    kind: ListKind,
+    file: &mut File,
+    options: &ImportOptions<'_>,
+    progress: &dyn Fn(u64),
+) -> Result<ImportOutcome, ImportFailure> {
+    let now = unix_now();
+    let (unow, mnow) = (unix_now_ns(), lists::mono_now_ns());
+    // Rounded up to the next whole second: an entry never expires before its TTL.
+    let expires_at = options.ttl.map(|ttl| {
+        unow.saturating_add(ttl.as_nanos() as u64)
+            .div_ceil(1_000_000_000)
+    });
+    let expired = store.expired(kind, now)?;
+    let live_before = store.count_live(kind, now)?;
+    let change = store.change()?;
+    for record in &expired {
+        maps.remove(&record.cidr)?;
+        change.remove(kind, &record.cidr)?;
+    }
+    let mut outcome = ImportOutcome::default();
+    let mut lines = ListReader::new(BufReader::new(&*file));
+    let mut batch: Vec<Cidr> = Vec::with_capacity(BATCH);
+    let mut kernel: Vec<(Cidr, ListEntry)> = Vec::with_capacity(BATCH);
+    let mut done = 0;
+    let mut writer = change.feed_writer(kind, options.replace, now)?;
+    loop {
+        batch.clear();
+        for cidr in lines.by_ref().take(BATCH) {
+            batch.push(cidr?);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        done += batch.len() as u64;
+        // In key order, the store's B-tree is written page by page instead of at random.
+        batch.sort_unstable();
+        batch.dedup();
+        kernel.clear();
+        for cidr in &batch {
+            let record = Record {
+                cidr: *cidr,
+                expires_at,
+                comment: options.comment.map(str::to_owned),
+                origin: Origin::Import,
+                added_at: now,
+            };
+            match writer.write(&record)? {
+                FeedWrite::Written => {
+                    outcome.entries += 1;
+                    kernel.push((*cidr, lists::kernel_entry(&record, unow, mnow)));
+                }
+                FeedWrite::KeptForeign => {
+                    outcome.entries += 1;
+                    outcome.kept_other_origin += 1;
+                }
+                FeedWrite::Repeat => {}
+            }
+        }
+        maps.insert_all(&kernel)?;
+        progress(done);
+    }
+    drop(writer);
+    if options.replace {
+        change.for_each_untouched(
+            kind,
+            Origin::Import,
+            |record| -> Result<(), ImportFailure> { Ok(maps.remove(&record.cidr)?) },
+        )?;
+        outcome.removed = change.remove_untouched(kind, Origin::Import, now)?;
+    }
+    // Every entry that is live now and was not before is new; a replace's removals were live.
+    outcome.new = (change.count_live(kind, now)? + outcome.removed).saturating_sub(live_before);
+    outcome.updated = outcome
+        .entries
+        .saturating_sub(outcome.new + outcome.kept_other_origin);
+    let limits = change.limits()?.unwrap_or_default();
+    crate::limits::publish(paths, &limits, change.list_bits()?)?;
+    change.commit()?;
+    Ok(outcome)
+}
 
 /// The first line of a list that could not be read, numbered from 1, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +228,10 @@ pub enum ImportError {
          list the networks around the exception instead"
     )]
     Nomatch { line: usize, content: String },
+    #[error("line {line} is not text (UTF-8): is this an address list?")]
+    NotText { line: usize },
+    #[error("reading line {line}: {reason}")]
+    Read { line: usize, reason: String },
 }
 
 /// Why a line was rejected, before the line number and content are attached.
@@ -60,7 +258,8 @@ impl LineError {
     }
 }
 
-/// Reads every network in `text`, in order of first appearance and without exact duplicates.
+/// Reads the networks of a list line by line, in order, duplicates included (the store drops
+/// them), holding one line at a time.
 ///
 /// Each line is one of:
 /// - blank, or only a comment: `#` (plain lists, FireHOL) or `;` (Spamhaus DROP) up to the end
@@ -69,32 +268,75 @@ impl LineError {
 /// - `create SET ...` from `ipset save`, which is skipped;
 /// - `add SET ENTRY [OPTIONS]` from `ipset save`, whose entry is read and options ignored.
 ///
-/// Anything else stops reading at the first bad line. An empty list is valid.
-pub fn parse_list(text: &str) -> Result<Vec<Cidr>, ImportError> {
-    // Lists saved by Windows editors may start with a byte-order mark.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut cidrs = Vec::new();
-    // `lines` also splits at `\r\n`, so Windows line endings need nothing more.
-    for (index, raw) in text.lines().enumerate() {
-        let entry = parse_line(raw).map_err(|err| err.at(index + 1, raw))?;
-        cidrs.extend(entry);
-    }
-    Ok(dedup_keeping_first(cidrs))
+/// Anything else is an error naming the line; reading stops there. An empty list is valid.
+pub struct ListReader<R> {
+    input: R,
+    line: usize,
+    buf: Vec<u8>,
+    done: bool,
 }
 
-/// Drops every repeat of an earlier network. Sorting rather than a hash set: published lists
-/// are mostly sorted already, which makes this several times faster at a million entries.
-fn dedup_keeping_first(cidrs: Vec<Cidr>) -> Vec<Cidr> {
-    let mut numbered: Vec<(Cidr, usize)> = cidrs
-        .into_iter()
-        .enumerate()
-        .map(|(index, cidr)| (cidr, index))
-        .collect();
-    // Equal networks sort by position, so `dedup_by_key` keeps the first occurrence.
-    numbered.sort_unstable();
-    numbered.dedup_by_key(|(cidr, _)| *cidr);
-    numbered.sort_unstable_by_key(|&(_, index)| index);
-    numbered.into_iter().map(|(cidr, _)| cidr).collect()
+impl<R: BufRead> ListReader<R> {
+    pub fn new(input: R) -> Self {
+        ListReader {
+            input,
+            line: 0,
+            buf: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Reads the next line into `buf`; `false` at the end.
+    fn read_line(&mut self) -> Result<bool, ImportError> {
+        self.buf.clear();
+        let read = self
+            .input
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|e| ImportError::Read {
+                line: self.line + 1,
+                reason: e.to_string(),
+            })?;
+        if read > 0 {
+            self.line += 1;
+        }
+        Ok(read > 0)
+    }
+}
+
+/// The text of a line as read, without its line ending (`\n` or Windows' `\r\n`) or, on the
+/// first line, the byte-order mark that Windows editors may write.
+fn line_text(buf: &[u8], line: usize) -> Result<&str, ImportError> {
+    let text = std::str::from_utf8(buf).map_err(|_| ImportError::NotText { line })?;
+    let text = if line == 1 {
+        text.strip_prefix('\u{feff}').unwrap_or(text)
+    } else {
+        text
+    };
+    Ok(text.trim_end_matches(['\n', '\r']))
+}
+
+impl<R: BufRead> Iterator for ListReader<R> {
+    type Item = Result<Cidr, ImportError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let parsed = match self.read_line() {
+                Ok(true) => line_text(&self.buf, self.line)
+                    .and_then(|raw| parse_line(raw).map_err(|e| e.at(self.line, raw))),
+                Ok(false) => break,
+                Err(e) => Err(e),
+            };
+            match parsed {
+                Ok(Some(cidr)) => return Some(Ok(cidr)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The network on one line, or `None` for a line with nothing to import.
@@ -147,6 +389,10 @@ mod tests {
                     .unwrap_or_else(|err| panic!("`{text}` should parse: {err}"))
             })
             .collect()
+    }
+
+    fn parse_list(text: &str) -> Result<Vec<Cidr>, ImportError> {
+        ListReader::new(text.as_bytes()).collect()
     }
 
     fn parse(text: &str) -> Vec<Cidr> {
@@ -285,12 +531,18 @@ add blocklist 192.0.2.0/24
     }
 
     #[test]
+    fn names_a_line_that_is_not_text() {
+        let read: Result<Vec<Cidr>, _> = ListReader::new(&b"192.0.2.1\n\xff\xfe\n"[..]).collect();
+        assert_eq!(read, Err(ImportError::NotText { line: 2 }));
+    }
+
+    #[test]
     fn skips_a_byte_order_mark() {
         assert_eq!(parse("\u{feff}192.0.2.1\r\n"), cidrs(&["192.0.2.1"]));
     }
 
     #[test]
-    fn drops_exact_duplicates_keeping_the_first_order() {
+    fn yields_every_entry_in_order_duplicates_included() {
         let text = "\
 10.0.0.0/8
 192.0.2.1
@@ -301,9 +553,19 @@ add set 192.0.2.1
 2001:db8::/32
 2001:db8:0::/32
 ";
+        // The store drops the repeats (`ListImport`), so the reader holds nothing back.
         assert_eq!(
             parse(text),
-            cidrs(&["10.0.0.0/8", "192.0.2.1", "10.0.0.0/9", "2001:db8::/32"])
+            cidrs(&[
+                "10.0.0.0/8",
+                "192.0.2.1",
+                "10.0.0.0/8",
+                "192.0.2.1",
+                "192.0.2.1",
+                "10.0.0.0/9",
+                "2001:db8::/32",
+                "2001:db8::/32",
+            ])
         );
     }
 

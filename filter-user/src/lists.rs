@@ -129,7 +129,11 @@ pub fn check_lockout(cidrs: &[Cidr], force: bool) -> Result<(), ListError> {
 }
 
 /// [`check_lockout`] against addresses read once, for callers checking entries one by one.
-fn check_lockout_with(cidrs: &[Cidr], force: bool, own: &[IpAddr]) -> Result<(), ListError> {
+pub(crate) fn check_lockout_with(
+    cidrs: &[Cidr],
+    force: bool,
+    own: &[IpAddr],
+) -> Result<(), ListError> {
     let loopback = [
         IpAddr::from([127, 0, 0, 1]),
         IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
@@ -155,7 +159,6 @@ fn apply(
     store: &mut Store,
     kind: ListKind,
     changes: BTreeMap<Cidr, Option<Record>>,
-    progress: &dyn Fn(usize),
 ) -> Result<(), ListError> {
     let mut maps = ListMaps::open(paths, kind)?;
     let (unow, mnow) = (unix_now_ns(), mono_now_ns());
@@ -176,7 +179,7 @@ fn apply(
             .iter()
             .filter_map(|(c, r)| r.as_ref().map(|r| (*c, kernel_entry(r, unow, mnow))))
             .collect();
-        failure = maps.insert_all(&inserts, progress).err();
+        failure = maps.insert_all(&inserts).err();
     }
     // Restores what every changed entry was before; entries the failed change never reached
     // are rewritten with their own value, which changes nothing.
@@ -249,7 +252,9 @@ pub fn recover(paths: &Paths, store: &Store) -> Result<(), ListError> {
     if !paths.pending_file().exists() {
         return Ok(());
     }
-    write_kernel_lists(paths, store, true)?;
+    for kind in [ListKind::Allow, ListKind::Block] {
+        reconcile(paths, store, kind, true)?;
+    }
     let limits = store.limits()?.unwrap_or_default();
     crate::limits::publish(paths, &limits, store.list_bits()?)?;
     clear_pending(paths);
@@ -288,7 +293,7 @@ pub fn change_limits(
     Ok(())
 }
 
-fn loaded_store(paths: &Paths) -> Result<(Lock, Store), ListError> {
+pub(crate) fn loaded_store(paths: &Paths) -> Result<(Lock, Store), ListError> {
     if !paths.is_loaded() {
         return Err(KernelError::NotLoaded.into());
     }
@@ -300,7 +305,7 @@ fn loaded_store(paths: &Paths) -> Result<(Lock, Store), ListError> {
 
 /// Removal changes for the entries of `kind` whose time is up, so every change also sweeps
 /// them out of the maps and the store.
-fn expired_changes(
+pub(crate) fn expired_changes(
     store: &Store,
     kind: ListKind,
 ) -> Result<BTreeMap<Cidr, Option<Record>>, ListError> {
@@ -317,7 +322,6 @@ pub fn add(
     kind: ListKind,
     cidrs: &[Cidr],
     options: &AddOptions<'_>,
-    progress: &dyn Fn(usize),
 ) -> Result<usize, ListError> {
     if kind == ListKind::Block {
         check_lockout(cidrs, options.force)?;
@@ -346,7 +350,7 @@ pub fn add(
         };
         (*cidr, Some(record))
     }));
-    apply(paths, &mut store, kind, changes, progress)?;
+    apply(paths, &mut store, kind, changes)?;
     Ok(new)
 }
 /// One entry a feed wants on a list.
@@ -477,7 +481,7 @@ pub fn apply_feed(paths: &Paths, change: &FeedChange<'_>) -> Result<FeedOutcome,
         .filter_map(|r| r.as_ref().and_then(|r| r.expires_at))
         .min();
     if !changes.is_empty() {
-        apply(paths, &mut store, kind, changes, &|_| {})?;
+        apply(paths, &mut store, kind, changes)?;
     }
     outcome.write = crate::state::OwnWrite {
         before,
@@ -512,7 +516,7 @@ pub fn del(paths: &Paths, kind: ListKind, cidrs: &[Cidr]) -> Result<(), ListErro
     }
     let mut changes = expired_changes(&store, kind)?;
     changes.extend(cidrs.iter().map(|c| (*c, None)));
-    apply(paths, &mut store, kind, changes, &|_| {})
+    apply(paths, &mut store, kind, changes)
 }
 
 /// Removes every entry. Returns how many there were.
@@ -524,7 +528,7 @@ pub fn flush(paths: &Paths, kind: ListKind) -> Result<usize, ListError> {
         .into_iter()
         .map(|r| (r.cidr, None))
         .collect();
-    apply(paths, &mut store, kind, changes, &|_| {})?;
+    apply(paths, &mut store, kind, changes)?;
     Ok(n)
 }
 
@@ -536,7 +540,7 @@ pub fn sweep_expired(paths: &Paths) -> Result<usize, ListError> {
         let changes = expired_changes(&store, kind)?;
         if !changes.is_empty() {
             n += changes.len();
-            apply(paths, &mut store, kind, changes, &|_| {})?;
+            apply(paths, &mut store, kind, changes)?;
         }
     }
     Ok(n)
@@ -558,33 +562,52 @@ pub fn for_each_live(
 
 /// Writes every record of the store into freshly loaded maps (on `attach`).
 pub fn restore(paths: &Paths, store: &Store) -> Result<(), ListError> {
-    write_kernel_lists(paths, store, false)
-}
-
-/// Writes every live record of the store into the kernel maps, exact hosts in batches. With
-/// `prune`, entries the store does not hold live are removed first. Expired records stay out
-/// (the next change sweeps them from the store too).
-fn write_kernel_lists(paths: &Paths, store: &Store, prune: bool) -> Result<(), ListError> {
-    let (unow, mnow) = (unix_now_ns(), mono_now_ns());
-    let now = unix_now();
     for kind in [ListKind::Allow, ListKind::Block] {
-        let mut maps = ListMaps::open(paths, kind)?;
-        let live = store.live(kind, now)?;
-        if prune {
-            let keep: std::collections::HashSet<Cidr> = live.iter().map(|r| r.cidr).collect();
-            for cidr in maps.entries()? {
-                if !keep.contains(&cidr) {
-                    maps.remove(&cidr)?;
-                }
-            }
-        }
-        let entries: Vec<(Cidr, ListEntry)> = live
-            .iter()
-            .map(|r| (r.cidr, kernel_entry(r, unow, mnow)))
-            .collect();
-        maps.insert_all(&entries, &|_| {})?;
+        reconcile(paths, store, kind, false)?;
     }
     Ok(())
+}
+
+/// Entries written to the kernel per batch when the store is streamed into it.
+const KERNEL_BATCH: usize = 65_536;
+
+/// Makes the kernel maps of `kind` hold the live entries of the store, streamed from it in
+/// batches (exact hosts one `bpf(2)` call per batch). With `prune`, entries the store does not
+/// hold live are removed first. Expired records stay out (the next change sweeps them from the
+/// store too). Memory stays bounded by a batch, plus the CIDRs to prune.
+pub(crate) fn reconcile(
+    paths: &Paths,
+    store: &Store,
+    kind: ListKind,
+    prune: bool,
+) -> Result<(), ListError> {
+    let (unow, mnow) = (unix_now_ns(), mono_now_ns());
+    let now = unix_now();
+    let mut maps = ListMaps::open(paths, kind)?;
+    if prune {
+        let mut stale = Vec::new();
+        maps.for_each_cidr(|cidr| -> Result<(), ListError> {
+            if store.get(kind, &cidr)?.is_none_or(|r| r.expired(now)) {
+                stale.push(cidr);
+            }
+            Ok(())
+        })?;
+        for cidr in &stale {
+            maps.remove(cidr)?;
+        }
+    }
+    store.for_each_live_batch(
+        kind,
+        now,
+        KERNEL_BATCH,
+        |records| -> Result<(), ListError> {
+            let entries: Vec<(Cidr, ListEntry)> = records
+                .iter()
+                .map(|r| (r.cidr, kernel_entry(r, unow, mnow)))
+                .collect();
+            Ok(maps.insert_all(&entries)?)
+        },
+    )
 }
 
 #[cfg(test)]

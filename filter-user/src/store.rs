@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The schema this floodwall writes; a store with a newer one is refused, never rewritten.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Beyond this many entries, [`Store::records_for`] scans the list instead of looking each up.
 const LOOKUPS_BEFORE_SCAN: usize = 1024;
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS entries (
     comment TEXT,
     origin TEXT NOT NULL,
     added_at INTEGER NOT NULL,
+    changed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (list, family, addr, prefix)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL;
@@ -136,6 +137,7 @@ impl Store {
                 found: v,
                 supported: SCHEMA_VERSION,
             }),
+            Some(1) => self.upgrade_from_1(),
             Some(_) => Ok(()),
             None => self
                 .conn
@@ -147,6 +149,31 @@ impl Store {
                 .map(drop)
                 .map_err(|e| self.db_error(e)),
         }
+    }
+
+    /// Version 2 added `changed`, the generation of the change that last wrote a row (what lets
+    /// an import tell a repeated line from an entry it found, without remembering its lines).
+    fn upgrade_from_1(&self) -> Result<(), StateError> {
+        let upgrade = || -> rusqlite::Result<()> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            // Another command may have upgraded it while this one waited for the lock.
+            let version: i64 = self.conn.query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )?;
+            if version == 1 {
+                self.conn.execute_batch(
+                    "ALTER TABLE entries ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;
+                     UPDATE meta SET value = 2 WHERE key = 'schema_version';",
+                )?;
+            }
+            self.conn.execute_batch("COMMIT")
+        };
+        upgrade().map_err(|e| {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.db_error(e)
+        })
     }
 
     /// Bumped by every change: what `floodwall run` watches to see changes it did not make.
@@ -209,6 +236,39 @@ impl Store {
         Ok(())
     }
 
+    /// Calls `f` with the entries of `kind` in force at `now`, `batch` at a time, in address
+    /// order: all of them pass through without all being held.
+    pub fn for_each_live_batch<E: From<StateError>>(
+        &self,
+        kind: ListKind,
+        now: u64,
+        batch: usize,
+        mut f: impl FnMut(&[Record]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT * FROM entries WHERE list = ?1 AND (expires_at IS NULL OR expires_at > ?2) \
+                 ORDER BY family, addr, prefix",
+            )
+            .map_err(|e| self.db_error(e))?;
+        let mut rows = stmt
+            .query(params![list_id(kind), now as i64])
+            .map_err(|e| self.db_error(e))?;
+        let mut held = Vec::with_capacity(batch);
+        while let Some(row) = rows.next().map_err(|e| self.db_error(e))? {
+            held.push(record(row).map_err(|e| self.db_error(e))?);
+            if held.len() == batch {
+                f(&held)?;
+                held.clear();
+            }
+        }
+        if !held.is_empty() {
+            f(&held)?;
+        }
+        Ok(())
+    }
+
     /// The entries of `kind` in force at Unix time `now`, in address order.
     pub fn live(&self, kind: ListKind, now: u64) -> Result<Vec<Record>, StateError> {
         self.records(
@@ -219,21 +279,14 @@ impl Store {
     }
 
     pub fn count_live(&self, kind: ListKind, now: u64) -> Result<u64, StateError> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*) FROM entries WHERE list = ?1 AND \
-                 (expires_at IS NULL OR expires_at > ?2)",
-                params![list_id(kind), now as i64],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(|e| self.db_error(e))
+        count_live_in(&self.conn, kind, now).map_err(|e| self.db_error(e))
     }
 
     /// The entries of `kind` whose time is up at `now`.
     pub fn expired(&self, kind: ListKind, now: u64) -> Result<Vec<Record>, StateError> {
         self.records(
-            "SELECT * FROM entries WHERE list = ?1 AND expires_at <= ?2",
+            // `+list` keeps SQLite on the expiry index: by the primary key this scans the list.
+            "SELECT * FROM entries WHERE +list = ?1 AND expires_at <= ?2",
             params![list_id(kind), now as i64],
         )
     }
@@ -318,7 +371,22 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Change { tx, path })
+        let generation = tx
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map_err(|source| StateError::Store {
+                path: path.clone(),
+                source,
+            })?
+            .unwrap_or(0) as u64
+            + 1;
+        Ok(Change {
+            tx,
+            path,
+            generation,
+        })
     }
 }
 
@@ -359,6 +427,16 @@ fn get_in(conn: &Connection, kind: ListKind, cidr: &Cidr) -> rusqlite::Result<Op
     .optional()
 }
 
+fn count_live_in(conn: &Connection, kind: ListKind, now: u64) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM entries WHERE list = ?1 AND \
+         (expires_at IS NULL OR expires_at > ?2)",
+        params![list_id(kind), now as i64],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}
+
 fn list_bits_in(conn: &Connection) -> rusqlite::Result<u32> {
     // Eight indexed existence checks: never a scan of the lists.
     let mut bits = 0;
@@ -387,6 +465,93 @@ fn list_bits_in(conn: &Connection) -> rusqlite::Result<u32> {
 pub struct Change<'a> {
     tx: Transaction<'a>,
     path: PathBuf,
+    /// The generation this change commits as; rows it writes carry it in `changed`.
+    generation: u64,
+}
+
+/// `?9`: now, `?10`: the change. Unqualified names in SET are the row as it was; a row this
+/// change already wrote is left alone (`changes() == 0`), so a repeated line costs nothing.
+const FEED_UPSERT: &str = "INSERT INTO entries (list, family, addr, prefix, expires_at, \
+     comment, origin, added_at, changed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10) \
+     ON CONFLICT (list, family, addr, prefix) DO UPDATE SET \
+     added_at = CASE WHEN expires_at IS NULL OR expires_at > ?9 THEN added_at \
+     ELSE excluded.added_at END, \
+     expires_at = excluded.expires_at, comment = excluded.comment, origin = excluded.origin, \
+     changed = ?10 \
+     WHERE changed != ?10";
+
+/// [`FEED_UPSERT`] that also leaves another origin's live entry alone.
+const FEED_UPSERT_KEEPING_FOREIGN: &str = "INSERT INTO entries (list, family, addr, prefix, \
+     expires_at, comment, origin, added_at, changed) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10) \
+     ON CONFLICT (list, family, addr, prefix) DO UPDATE SET \
+     added_at = CASE WHEN expires_at IS NULL OR expires_at > ?9 THEN added_at \
+     ELSE excluded.added_at END, \
+     expires_at = excluded.expires_at, comment = excluded.comment, origin = excluded.origin, \
+     changed = ?10 \
+     WHERE changed != ?10 AND (origin = excluded.origin OR expires_at <= ?9)";
+
+/// Writes a feed's entries within one [`Change`].
+pub struct FeedWriter<'c> {
+    upsert: rusqlite::Statement<'c>,
+    lookup: rusqlite::Statement<'c>,
+    mark: rusqlite::Statement<'c>,
+    list: i64,
+    now: i64,
+    generation: i64,
+    path: &'c Path,
+}
+
+impl FeedWriter<'_> {
+    /// Writes `r`, once per change: a repeat of an entry this change already wrote changes
+    /// nothing. A refreshed live entry keeps its `added_at`. When keeping foreign entries, a
+    /// live entry of another origin keeps its values and is only marked as seen.
+    pub fn write(&mut self, r: &Record) -> Result<FeedWrite, StateError> {
+        let err = |source| StateError::Store {
+            path: self.path.to_owned(),
+            source,
+        };
+        let (family, addr, prefix) = key(&r.cidr);
+        let written = self
+            .upsert
+            .execute(params![
+                self.list,
+                family,
+                addr,
+                prefix,
+                r.expires_at.map(|t| t as i64),
+                r.comment,
+                r.origin.name(),
+                r.added_at as i64,
+                self.now,
+                self.generation
+            ])
+            .map_err(err)?;
+        if written == 1 {
+            return Ok(FeedWrite::Written);
+        }
+        let changed: i64 = self
+            .lookup
+            .query_row(params![self.list, family, addr, prefix], |row| row.get(0))
+            .map_err(err)?;
+        if changed == self.generation {
+            return Ok(FeedWrite::Repeat);
+        }
+        self.mark
+            .execute(params![self.list, family, addr, prefix, self.generation])
+            .map_err(err)?;
+        Ok(FeedWrite::KeptForeign)
+    }
+}
+
+/// What [`FeedWriter::write`] did with an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedWrite {
+    Written,
+    /// Another origin's live entry, left as it was.
+    KeptForeign,
+    /// This change had already written it.
+    Repeat,
 }
 
 impl Change<'_> {
@@ -402,10 +567,11 @@ impl Change<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO entries (list, family, addr, prefix, expires_at, comment, origin, \
-                 added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 added_at, changed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                  ON CONFLICT (list, family, addr, prefix) DO UPDATE SET \
                  expires_at = excluded.expires_at, comment = excluded.comment, \
-                 origin = excluded.origin, added_at = excluded.added_at",
+                 origin = excluded.origin, added_at = excluded.added_at, \
+                 changed = excluded.changed",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -416,7 +582,8 @@ impl Change<'_> {
                     r.expires_at.map(|t| t as i64),
                     r.comment,
                     r.origin.name(),
-                    r.added_at as i64
+                    r.added_at as i64,
+                    self.generation as i64
                 ])
             })
             .map(drop)
@@ -460,6 +627,97 @@ impl Change<'_> {
         get_in(&self.tx, kind, cidr).map_err(|e| self.err(e))
     }
 
+    pub fn count_live(&self, kind: ListKind, now: u64) -> Result<u64, StateError> {
+        count_live_in(&self.tx, kind, now).map_err(|e| self.err(e))
+    }
+
+    /// A writer of a feed's entries into `kind` (see [`FeedWriter::write`]), its statements
+    /// prepared once for all of them.
+    pub fn feed_writer(
+        &self,
+        kind: ListKind,
+        keep_foreign: bool,
+        now: u64,
+    ) -> Result<FeedWriter<'_>, StateError> {
+        let prepare = |sql: &str| self.tx.prepare(sql).map_err(|e| self.err(e));
+        Ok(FeedWriter {
+            upsert: prepare(if keep_foreign {
+                FEED_UPSERT_KEEPING_FOREIGN
+            } else {
+                FEED_UPSERT
+            })?,
+            lookup: prepare(
+                "SELECT changed FROM entries WHERE list = ?1 AND family = ?2 AND addr = ?3 \
+                 AND prefix = ?4",
+            )?,
+            mark: prepare(
+                "UPDATE entries SET changed = ?5 WHERE list = ?1 AND family = ?2 AND addr = ?3 \
+                 AND prefix = ?4",
+            )?,
+            list: list_id(kind),
+            now: now as i64,
+            generation: self.generation as i64,
+            path: &self.path,
+        })
+    }
+
+    /// Calls `f` with each entry of `origin` in `kind` that this change has not written.
+    pub fn for_each_untouched<E: From<StateError>>(
+        &self,
+        kind: ListKind,
+        origin: Origin,
+        mut f: impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT * FROM entries WHERE list = ?1 AND origin = ?2 AND changed != ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query(params![
+                list_id(kind),
+                origin.name(),
+                self.generation as i64
+            ])
+            .map_err(|e| self.err(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            f(record(row).map_err(|e| self.err(e))?)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the entries [`Change::for_each_untouched`] names. Returns how many were live.
+    pub fn remove_untouched(
+        &self,
+        kind: ListKind,
+        origin: Origin,
+        now: u64,
+    ) -> Result<u64, StateError> {
+        let args = params![list_id(kind), origin.name(), self.generation as i64];
+        let live: i64 = self
+            .tx
+            .query_row(
+                "SELECT COUNT(*) FROM entries WHERE list = ?1 AND origin = ?2 AND changed != ?3 \
+                 AND (expires_at IS NULL OR expires_at > ?4)",
+                params![
+                    list_id(kind),
+                    origin.name(),
+                    self.generation as i64,
+                    now as i64
+                ],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        self.tx
+            .execute(
+                "DELETE FROM entries WHERE list = ?1 AND origin = ?2 AND changed != ?3",
+                args,
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(live as u64)
+    }
+
     /// `LIST_*` bits as the store will hold them once committed.
     pub fn list_bits(&self) -> Result<u32, StateError> {
         list_bits_in(&self.tx).map_err(|e| self.err(e))
@@ -474,8 +732,8 @@ impl Change<'_> {
         };
         self.tx
             .execute(
-                "UPDATE meta SET value = value + 1 WHERE key = 'generation'",
-                [],
+                "UPDATE meta SET value = ?1 WHERE key = 'generation'",
+                [self.generation as i64],
             )
             .map_err(err)?;
         self.tx.commit().map_err(err)

@@ -265,6 +265,50 @@ impl<'a> Floodwall<'a> {
             .with_context(|| format!("floodwall {args:?}: stdout is not JSON: {out:?}"))
     }
 
+    /// Runs `floodwall ARGS...`, fails unless it exits 0, and returns its stdout and its peak
+    /// resident memory in KiB (from `wait4`: `ip netns exec` execs floodwall in its place).
+    pub fn ok_with_peak_rss(&self, args: &[&str]) -> anyhow::Result<(String, u64)> {
+        let mut child = self
+            .command(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting floodwall {args:?}"))?;
+        let pipe = child.stdout.take();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            }
+            text
+        });
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let pid = child.id() as libc::pid_t;
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            // SAFETY: valid out-pointers; `pid` is our child, not yet reaped.
+            match unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) } {
+                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                0 => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("floodwall {args:?} still running after {COMMAND_TIMEOUT:?}: killed");
+                }
+                p if p == pid => break,
+                _ => bail!(
+                    "waiting for floodwall {args:?}: {}",
+                    std::io::Error::last_os_error()
+                ),
+            }
+        }
+        let stdout = reader.join().unwrap_or_default();
+        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            bail!("floodwall {args:?} failed (wait status {status}): {stdout}");
+        }
+        Ok((stdout, usage.ru_maxrss as u64))
+    }
+
     /// Runs `floodwall ARGS...`, fails unless it exits with `code`, and returns its stderr.
     pub fn fails(&self, args: &[&str], code: i32) -> anyhow::Result<String> {
         let out = self.run(args)?;

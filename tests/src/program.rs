@@ -87,7 +87,7 @@ impl Loaded {
             origin: Origin::Manual,
             force: true,
         };
-        lists::add(&self.paths, kind, &cidrs, &options, &|_| {})?;
+        lists::add(&self.paths, kind, &cidrs, &options)?;
         Ok(())
     }
 

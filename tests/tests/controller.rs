@@ -672,6 +672,52 @@ fn concurrent_imports_are_both_applied() -> Result<()> {
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
+fn import_is_streamed_in_bounded_memory_and_counts_repeats_once() -> Result<()> {
+    const SMALL: u32 = 20_000;
+    // Over two batches of lines, so a repeat can come a batch after its first line.
+    const LARGE: u32 = 200_000;
+    let host = Host::new("ctl")?;
+    let fw = host.attached()?;
+    let mut peak = Vec::new();
+    for (second, count) in [(1u8, SMALL), (2, LARGE)] {
+        let hosts = |count: u32| {
+            let base = u32::from(std::net::Ipv4Addr::new(10, second, 0, 0));
+            (0..count)
+                .map(|i| format!("{}\n", std::net::Ipv4Addr::from(base + i)))
+                .collect::<String>()
+        };
+        // The first 10,000 lines again, at the end.
+        let text = hosts(count) + &hosts(10_000);
+        let path = fw.state_dir().join(format!("hosts-{second}.txt"));
+        std::fs::write(&path, text)?;
+        let (out, rss_kib) = fw.ok_with_peak_rss(&["block", "import", &path.to_string_lossy()])?;
+        ensure!(
+            out.contains(&format!(
+                "imported {count} entries into the blocklist: {count} new, 0 updated"
+            )),
+            "{out}"
+        );
+        eprintln!("import of {count} distinct lines: peak {rss_kib} KiB");
+        peak.push(rss_kib);
+    }
+    // Holding the list would cost about 400 bytes an entry: 70 MB more for the large one.
+    ensure!(
+        peak[1] < peak[0] + 10 * 1024,
+        "memory grows with the list: {} KiB for {SMALL} entries, {} KiB for {LARGE}",
+        peak[0],
+        peak[1]
+    );
+    let status = fw.json(&["status", "--json"])?;
+    ensure!(
+        status["lists"]["block"] == SMALL + LARGE
+            && status["kernel_lists"]["block"] == SMALL + LARGE,
+        "status: {status}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn limit_set_and_show_round_trip() -> Result<()> {
     let host = Host::new("ctl")?;
     let fw = host.attached()?;
@@ -896,7 +942,7 @@ fn import_replace_follows_a_feed_and_list_filters_by_origin_and_address() -> Res
     // but stays the operator's own entry.
     let out = fw.run_with_stdin(
         &["block", "import", "-", "--replace", "--json", "--ttl", "1h"],
-        Some(b"198.51.100.2\n198.51.100.3\n192.0.2.1\n"),
+        Some(b"198.51.100.2\n198.51.100.3\n192.0.2.1\n192.0.2.1\n198.51.100.3\n"),
     )?;
     let summary: Value = serde_json::from_str(&check_ok(&["block", "import"], &out)?)?;
     ensure!(
@@ -1083,6 +1129,52 @@ fn a_state_json_is_migrated_into_the_store_once_and_nothing_is_lost() -> Result<
     fw.ok(&["detach", "--all"])?;
     fw.ok(&["attach", host.iface(), "--mode", "native"])?;
     check("after a detach and attach, from the store")?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_version_1_store_is_upgraded_in_place_keeping_everything() -> Result<()> {
+    let host = Host::new("ctl")?;
+    let fw = host.attached()?;
+    fw.ok(&["block", "add", "192.0.2.1", "--comment", "mine"])?;
+    fw.ok_with_stdin(&["block", "import", "-"], b"198.51.100.1\n198.51.100.2\n")?;
+    fw.ok(&["limit", "set", "--pps", "300"])?;
+    let before = snapshot(&fw)?;
+    let db = fw.state_dir().join("floodwall.db");
+    {
+        // Version 1 as it was written: no `changed` column.
+        let conn = rusqlite::Connection::open(&db)?;
+        conn.execute_batch(
+            "ALTER TABLE entries DROP COLUMN changed;
+             UPDATE meta SET value = 1 WHERE key = 'schema_version';",
+        )?;
+    }
+    ensure!(
+        snapshot(&fw)? == before,
+        "the upgrade changed what is shown"
+    );
+    let conn = rusqlite::Connection::open(&db)?;
+    let version: i64 = conn.query_row(
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    ensure!(version == 2, "schema version {version} after the upgrade");
+    // The upgraded store takes a feed replace, which needs the new column.
+    let summary: Value = serde_json::from_str(&fw.ok_with_stdin(
+        &["block", "import", "-", "--replace", "--json"],
+        b"198.51.100.2\n198.51.100.3\n",
+    )?)?;
+    ensure!(
+        summary["new"] == 1 && summary["updated"] == 1 && summary["removed"] == 1,
+        "{summary}"
+    );
+    ensure!(
+        block_cidrs(&fw)? == set(&["192.0.2.1", "198.51.100.2", "198.51.100.3"]),
+        "{:?}",
+        block_cidrs(&fw)?
+    );
     Ok(())
 }
 

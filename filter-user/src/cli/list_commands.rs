@@ -25,7 +25,7 @@ pub(super) fn list_command(
                 origin: Origin::Manual,
                 force,
             };
-            let new = lists::add(paths, kind, &cidrs, &options, &|_| {})?;
+            let new = lists::add(paths, kind, &cidrs, &options)?;
             let unique = cidrs
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()
@@ -121,90 +121,59 @@ pub(super) fn list_command(
             replace,
             json,
         } => {
-            let text = if file == "-" {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .map_err(|source| CliError::ReadFile {
-                        path: file.clone(),
-                        source,
-                    })?;
-                text
-            } else {
-                std::fs::read_to_string(&file).map_err(|source| CliError::ReadFile {
-                    path: file.clone(),
-                    source,
-                })?
-            };
-            let cidrs = import::parse_list(&text)?;
-            let options = AddOptions {
-                ttl,
-                comment: comment.as_deref(),
-                origin: Origin::Import,
-                force,
-            };
-            let total = cidrs.len();
-            let bar = (std::io::stderr().is_terminal() && total > 65_536)
-                .then(|| indicatif::ProgressBar::new(total as u64));
-            let progress = |done: usize| {
-                if let Some(bar) = &bar {
-                    bar.set_position(done as u64);
+            let mut input = open_import(&file)?;
+            let bar = std::io::stderr()
+                .is_terminal()
+                .then(indicatif::ProgressBar::hidden);
+            let progress = |done: u64, total: u64| {
+                if let Some(bar) = &bar
+                    && total > 65_536
+                {
+                    bar.set_length(total);
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    bar.set_position(done);
                 }
             };
-            let (new, updated, removed, kept) = if replace {
-                if kind == ListKind::Block {
-                    // Bad input changes nothing: refused whole, as without --replace.
-                    lists::check_lockout(&cidrs, force)?;
-                }
-                let upserts: Vec<lists::FeedEntry> = cidrs
-                    .iter()
-                    .map(|cidr| lists::FeedEntry {
-                        cidr: *cidr,
-                        ttl,
-                        comment: comment.clone().unwrap_or_default(),
-                    })
-                    .collect();
-                let outcome = lists::apply_feed(
-                    paths,
-                    &lists::FeedChange {
-                        kind,
-                        origin: Origin::Import,
-                        removals: &[],
-                        upserts: &upserts,
-                        replace: true,
-                    },
-                )?;
-                (
-                    outcome.added,
-                    outcome.refreshed,
-                    outcome.removed,
-                    outcome.foreign.len(),
-                )
-            } else {
-                let new = lists::add(paths, kind, &cidrs, &options, &progress)?;
-                (new, total - new, 0, 0)
-            };
+            let outcome = import::import_file(
+                paths,
+                kind,
+                &mut input,
+                &import::ImportOptions {
+                    ttl,
+                    comment: comment.as_deref(),
+                    force,
+                    replace,
+                },
+                &progress,
+            )?;
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
+            let import::ImportOutcome {
+                entries,
+                new,
+                updated,
+                removed,
+                kept_other_origin,
+            } = outcome;
             if json {
                 print_json(&json!({
                     "list": kind.name(),
-                    "entries": total,
+                    "entries": entries,
                     "new": new,
                     "updated": updated,
                     "removed": removed,
-                    "kept_other_origin": kept,
+                    "kept_other_origin": kept_other_origin,
                 }))?;
             } else if replace {
                 println!(
-                    "imported {total} entries into the {}: {new} new, {updated} updated, \
-                     {removed} earlier imports removed, {kept} left to another origin",
+                    "imported {entries} entries into the {}: {new} new, {updated} updated, \
+                     {removed} earlier imports removed, {kept_other_origin} left to another origin",
                     kind.name()
                 );
             } else {
                 println!(
-                    "imported {total} entries into the {}: {new} new, {updated} updated",
+                    "imported {entries} entries into the {}: {new} new, {updated} updated",
                     kind.name()
                 );
             }
@@ -219,4 +188,30 @@ pub(super) fn list_command(
         }
     }
     Ok(())
+}
+
+/// The list to import, as a file that can be read twice: standard input (`-`) is copied into
+/// an unnamed temporary file first, which the kernel deletes however the command ends.
+fn open_import(file: &str) -> Result<std::fs::File, CliError> {
+    let err = |source| CliError::ReadFile {
+        path: file.to_owned(),
+        source,
+    };
+    if file != "-" {
+        let f = std::fs::File::open(file).map_err(err)?;
+        if f.metadata().map_err(err)?.is_dir() {
+            return Err(err(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+        }
+        return Ok(f);
+    }
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut spool = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(std::env::temp_dir())
+        .map_err(err)?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut spool).map_err(err)?;
+    std::io::Seek::rewind(&mut spool).map_err(err)?;
+    Ok(spool)
 }

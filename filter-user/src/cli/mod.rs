@@ -8,11 +8,7 @@ mod list_commands;
 mod render;
 mod status;
 
-use std::{
-    io::{IsTerminal as _, Read as _},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use filter_common::{LIST_MAP_NAMES, Reason};
@@ -79,6 +75,15 @@ pub enum CliError {
     },
     #[error("cannot write to stdout: {0}")]
     Output(#[source] std::io::Error),
+}
+
+impl From<crate::import::ImportFailure> for CliError {
+    fn from(e: crate::import::ImportFailure) -> Self {
+        match e {
+            crate::import::ImportFailure::Parse(source) => CliError::Import { source },
+            crate::import::ImportFailure::List(e) => CliError::List(e),
+        }
+    }
 }
 
 impl CliError {

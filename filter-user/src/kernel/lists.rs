@@ -104,39 +104,39 @@ impl ListMaps {
         }
     }
 
-    /// Every entry in the four maps, as CIDRs.
-    pub fn entries(&self) -> Result<Vec<Cidr>, KernelError> {
+    /// Calls `f` with every entry in the four maps, as CIDRs, without holding them all.
+    pub fn for_each_cidr<E: From<KernelError>>(
+        &self,
+        mut f: impl FnMut(Cidr) -> Result<(), E>,
+    ) -> Result<(), E> {
         let [h4, n4, h6, n6] = names(self.kind);
         let err = |name, source| KernelError::OpenMap { name, source };
-        let cidr = |addr: IpAddr, len: u32| Cidr::new(addr, len as u8).ok();
-        let mut out = Vec::new();
+        let mut each = |addr: IpAddr, len: u32| match Cidr::new(addr, len as u8) {
+            Ok(cidr) => f(cidr),
+            Err(_) => Ok(()),
+        };
         for key in self.host4.keys() {
-            out.extend(cidr(IpAddr::from(key.map_err(|e| err(h4, e))?), 32));
+            each(IpAddr::from(key.map_err(|e| err(h4, e))?), 32)?;
         }
         for key in self.net4.keys() {
             let key = key.map_err(|e| err(n4, e))?;
-            out.extend(cidr(IpAddr::from(key.data()), key.prefix_len()));
+            each(IpAddr::from(key.data()), key.prefix_len())?;
         }
         for key in self.host6.keys() {
-            out.extend(cidr(IpAddr::from(key.map_err(|e| err(h6, e))?), 128));
+            each(IpAddr::from(key.map_err(|e| err(h6, e))?), 128)?;
         }
         for key in self.net6.keys() {
             let key = key.map_err(|e| err(n6, e))?;
-            out.extend(cidr(IpAddr::from(key.data()), key.prefix_len()));
+            each(IpAddr::from(key.data()), key.prefix_len())?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Inserts every entry: exact hosts in batches (one `bpf(2)` call per many thousand),
     /// prefixes one by one (prefix tries have no batch update). Stops at the first error.
-    pub fn insert_all(
-        &mut self,
-        items: &[(Cidr, ListEntry)],
-        progress: &dyn Fn(usize),
-    ) -> Result<(), KernelError> {
+    pub fn insert_all(&mut self, items: &[(Cidr, ListEntry)]) -> Result<(), KernelError> {
         const BATCH: usize = 65_536;
         let [h4, _, h6, _] = names(self.kind);
-        let mut done = 0;
         let with_len = |c: &Cidr, e: &ListEntry| ListEntry {
             prefix_len: u32::from(c.prefix_len()),
             ..*e
@@ -173,16 +173,10 @@ impl ListMaps {
                     });
                     return Err(full_or_update(name, source, self.capacity(name)));
                 }
-                done += chunk.len();
-                progress(done);
             }
         }
         for (cidr, entry) in items.iter().filter(|(c, _)| !c.is_host()) {
             self.insert(cidr, entry)?;
-            done += 1;
-            if done % BATCH == 0 {
-                progress(done);
-            }
         }
         Ok(())
     }
