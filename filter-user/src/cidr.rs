@@ -1,16 +1,18 @@
 //! IPv4 and IPv6 networks in CIDR notation: the entries of floodwall's allow and block lists.
+//! The network arithmetic and parsing are `ipnet`'s; this type adds what the lists need on top:
+//! host bits are an error (not silently masked), errors that say what to write, and a single
+//! host shown as a bare address.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
+
+use ipnet::IpNet;
 
 /// An IPv4 or IPv6 network: an address and a prefix length, with no host bits set below the
 /// prefix. A single address is a network whose prefix covers the whole address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix_len: u8,
-}
+pub struct Cidr(IpNet);
 
 /// Why a text or an address and prefix length is not a [`Cidr`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,19 +36,18 @@ impl Cidr {
 
     /// The single address `addr` (/32 or /128).
     pub fn host(addr: IpAddr) -> Self {
-        Self {
-            addr,
-            prefix_len: max_prefix_len(addr),
-        }
+        Self(IpNet::from(addr))
     }
 
     /// The network of length `prefix_len` that holds `addr`, bits below the prefix cleared:
     /// for feeds that name a range by any address in it, where a typo is not the risk.
     pub fn covering(addr: IpAddr, prefix_len: u8) -> Result<Self, CidrError> {
-        Self::new(
-            network_addr(addr, prefix_len.min(max_prefix_len(addr))),
-            prefix_len,
-        )
+        IpNet::new(addr, prefix_len)
+            .map(|net| Self(net.trunc()))
+            .map_err(|_| CidrError::PrefixTooLong {
+                input: format!("{addr}/{prefix_len}"),
+                max: max_prefix_len(addr),
+            })
     }
 
     /// `input` names the rejected value in errors; it is a closure so that parsing a valid
@@ -56,20 +57,16 @@ impl Cidr {
         prefix_len: u8,
         input: impl FnOnce() -> String,
     ) -> Result<Self, CidrError> {
-        let max = max_prefix_len(addr);
-        if prefix_len > max {
+        let Ok(net) = IpNet::new(addr, prefix_len) else {
             return Err(CidrError::PrefixTooLong {
                 input: input(),
-                max,
+                max: max_prefix_len(addr),
             });
-        }
-        let network = Self {
-            addr: network_addr(addr, prefix_len),
-            prefix_len,
         };
+        let network = Self(net.trunc());
         // Silently masking would turn a typo such as `10.0.0.1/8` into a much wider block
         // than the user meant, so the user has to write the network out.
-        if network.addr != addr {
+        if network.addr() != addr {
             return Err(CidrError::HostBitsSet {
                 input: input(),
                 network,
@@ -80,39 +77,31 @@ impl Cidr {
 
     /// The network address, with every bit below the prefix clear.
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.network()
     }
 
     pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
+        self.0.prefix_len()
     }
 
     /// Whether this network is a single address (`/32` for IPv4, `/128` for IPv6).
     pub fn is_host(&self) -> bool {
-        self.prefix_len == max_prefix_len(self.addr)
+        self.0.prefix_len() == self.0.max_prefix_len()
     }
 
     pub fn is_v4(&self) -> bool {
-        self.addr.is_ipv4()
+        matches!(self.0, IpNet::V4(_))
     }
 
     /// Whether `ip` is inside this network. An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) is
     /// never inside an IPv4 network: the filter sees it in IPv6 frames and looks it up as IPv6.
     pub fn contains(&self, ip: &IpAddr) -> bool {
-        match (self.addr, *ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                u32::from(ip) & mask_v4(self.prefix_len) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                u128::from(ip) & mask_v6(self.prefix_len) == u128::from(net)
-            }
-            _ => false,
-        }
+        self.0.contains(ip)
     }
 
     /// Whether every address of `other` is inside this network.
     pub fn contains_cidr(&self, other: &Cidr) -> bool {
-        other.prefix_len >= self.prefix_len && self.contains(&other.addr)
+        self.0.contains(&other.0)
     }
 
     /// Whether this network and `other` share at least one address. Two CIDR networks are
@@ -123,17 +112,17 @@ impl Cidr {
 
     /// The network address's bytes, in network order, if this is an IPv4 network.
     pub fn octets_v4(&self) -> Option<[u8; 4]> {
-        match self.addr {
-            IpAddr::V4(addr) => Some(addr.octets()),
-            IpAddr::V6(_) => None,
+        match self.0 {
+            IpNet::V4(net) => Some(net.network().octets()),
+            IpNet::V6(_) => None,
         }
     }
 
     /// The network address's bytes, in network order, if this is an IPv6 network.
     pub fn octets_v6(&self) -> Option<[u8; 16]> {
-        match self.addr {
-            IpAddr::V4(_) => None,
-            IpAddr::V6(addr) => Some(addr.octets()),
+        match self.0 {
+            IpNet::V4(_) => None,
+            IpNet::V6(net) => Some(net.network().octets()),
         }
     }
 }
@@ -143,40 +132,6 @@ fn max_prefix_len(addr: IpAddr) -> u8 {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
     }
-}
-
-/// `addr` with every bit below `prefix_len` clear; `prefix_len` must fit `addr`'s family.
-fn network_addr(addr: IpAddr, prefix_len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(addr) => IpAddr::V4(Ipv4Addr::from(u32::from(addr) & mask_v4(prefix_len))),
-        IpAddr::V6(addr) => IpAddr::V6(Ipv6Addr::from(u128::from(addr) & mask_v6(prefix_len))),
-    }
-}
-
-fn mask_v4(prefix_len: u8) -> u32 {
-    // Shifting by the full width overflows; that is the `/0` case, whose mask is empty.
-    u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
-        .unwrap_or(0)
-}
-
-fn mask_v6(prefix_len: u8) -> u128 {
-    // Shifting by the full width overflows; that is the `/0` case, whose mask is empty.
-    u128::MAX
-        .checked_shl(128 - u32::from(prefix_len))
-        .unwrap_or(0)
-}
-
-/// Reads the decimal digits after the `/`. `u8::from_str` would also take a sign (`+8`), which
-/// no CIDR has. Values too big for a `u8` saturate, so they are reported as too long rather
-/// than as unreadable.
-fn parse_prefix_len(text: &str) -> Option<u8> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(text.bytes().fold(0u8, |len, digit| {
-        len.saturating_mul(10).saturating_add(digit - b'0')
-    }))
 }
 
 impl FromStr for Cidr {
@@ -190,16 +145,25 @@ impl FromStr for Cidr {
         let invalid = || CidrError::Invalid {
             input: input.to_owned(),
         };
-        let (addr_text, prefix_text) = match input.split_once('/') {
-            Some((addr_text, prefix_text)) => (addr_text, Some(prefix_text)),
-            None => (input, None),
+        let Some((addr_text, prefix_text)) = input.split_once('/') else {
+            return input.parse().map(Self::host).map_err(|_| invalid());
         };
-        let addr: IpAddr = addr_text.parse().map_err(|_| invalid())?;
-        let prefix_len = match prefix_text {
-            Some(text) => parse_prefix_len(text).ok_or_else(invalid)?,
-            None => max_prefix_len(addr),
-        };
-        Self::checked(addr, prefix_len, || input.to_owned())
+        match input.parse::<IpNet>() {
+            Ok(net) => Self::checked(net.addr(), net.prefix_len(), || input.to_owned()),
+            // Only to name the fault: an address with a prefix too long for it.
+            Err(_) => match addr_text.parse::<IpAddr>() {
+                Ok(addr)
+                    if !prefix_text.is_empty()
+                        && prefix_text.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    Err(CidrError::PrefixTooLong {
+                        input: input.to_owned(),
+                        max: max_prefix_len(addr),
+                    })
+                }
+                _ => Err(invalid()),
+            },
+        }
     }
 }
 
@@ -208,9 +172,9 @@ impl fmt::Display for Cidr {
     /// `192.0.2.0/24`, so that both forms read back to the same `Cidr`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_host() {
-            write!(f, "{}", self.addr)
+            write!(f, "{}", self.addr())
         } else {
-            write!(f, "{}/{}", self.addr, self.prefix_len)
+            write!(f, "{}", self.0)
         }
     }
 }
@@ -232,6 +196,7 @@ impl<'de> serde::Deserialize<'de> for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn cidr(text: &str) -> Cidr {
         text.parse()
