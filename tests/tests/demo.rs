@@ -1,13 +1,9 @@
-//! `cargo xtask demo` end to end: a short run as a child process, its summary checked, and
-//! nothing of it left behind.
-//!
-//! The demo is the xtask binary (`cargo run -p xtask -- demo`): nested cargo is fine here,
-//! since `cargo test` releases the build lock before it runs the tests (`floodwall_bin` builds
-//! the controller the same way).
+//! The demo (`cargo xtask demo`) end to end: a short run of its binary as a child process, its
+//! summary checked, and nothing of it left behind.
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -19,39 +15,15 @@ use floodwall_tests::cli::floodwall_bin;
 const DURATION: &str = "9";
 /// Longest the demo may run before it is stopped (SIGTERM, then SIGKILL) and the test fails.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest building xtask may take (before the demo's own clock starts).
-const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a SIGTERMed demo gets to clean up before SIGKILL.
 const CLEANUP_GRACE: Duration = Duration::from_secs(20);
 
-/// Names the demo gives (see xtask/src/demo.rs): namespaces `fwdemo-ROLE-PID`, veths
-/// `fwdemoHEXPID..`, bpffs `/run/floodwall-demo-PID`, state `$TMPDIR/floodwall-demo-state-PID`.
-const NETNS_PREFIX: &str = "fwdemo-";
-const VETH_PREFIX: &str = "fwdemo";
-const BPFFS_PREFIX: &str = "/run/floodwall-demo-";
-const STATE_PREFIX: &str = "floodwall-demo-state-";
+/// The demo's namespaces are the harness's `fw-demo-ROLE-PID-N`; its veths, bpffs mounts and
+/// state directories carry its pid the harness's way too (`fwHEXPID..`,
+/// `/run/floodwall-test-PID-N`, `$TMPDIR/floodwall-state-PID-N`).
+const NETNS_PREFIX: &str = "fw-demo-";
 
 const MIN_FILTERED_SUCCESS: f64 = 99.0;
-
-fn workspace() -> Result<PathBuf> {
-    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("tests crate has no parent directory")?
-        .to_owned())
-}
-
-/// `$CARGO` (set by `cargo test`), else `cargo`, in the workspace root, with the target
-/// directory this test binary runs from (so nothing is built twice).
-fn cargo() -> Result<Command> {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(workspace()?).stdin(Stdio::null());
-    let exe = std::env::current_exe().context("locating the test binary")?;
-    // target/PROFILE/deps/NAME-HASH -> target
-    if let Some(target) = exe.ancestors().nth(3) {
-        cmd.env("CARGO_TARGET_DIR", target);
-    }
-    Ok(cmd)
-}
 
 struct Finished {
     status: ExitStatus,
@@ -94,7 +66,6 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Finished> {
     let status = match wait(&mut child, timeout)? {
         Some(status) => status,
         None => {
-            // `cargo run` execs the binary, so this pid is the demo itself.
             let pid = libc::pid_t::try_from(child.id())?;
             // SAFETY: a signal to our own child, which has not been reaped yet.
             unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -136,19 +107,13 @@ fn parse_summary(stdout: &str) -> Result<BTreeMap<String, f64>> {
         .collect()
 }
 
-/// The pid in a demo name (`fwdemo-server-PID`, `/run/floodwall-demo-PID`): names are made
-/// of the demo's pid, which lets a check tell a leftover from a demo running right now.
-fn pid_suffix(name: &str) -> Option<u32> {
-    name.rsplit('-').next()?.parse().ok()
+/// The pid in a demo namespace's name (`fw-demo-server-PID-N`).
+fn pid_of_namespace(name: &str) -> Option<u32> {
+    name.rsplit('-').nth(1)?.parse().ok()
 }
 
-/// Whether `pid` is a live process other than the demo that just ended: its names belong to
-/// another demo running concurrently, not to a leftover.
-fn other_live_demo(pid: u32, demo_pid: u32) -> bool {
-    pid != demo_pid && Path::new("/proc").join(pid.to_string()).exists()
-}
-
-/// Everything the demo may leave behind that is still there, from this run or an earlier one.
+/// Everything the demo with `demo_pid` left behind, and the namespaces of earlier demos that
+/// are no longer running.
 fn leftovers(demo_pid: u32) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let netns = Command::new("ip").args(["netns", "list"]).output()?;
@@ -158,33 +123,40 @@ fn leftovers(demo_pid: u32) -> Result<Vec<String>> {
         .filter_map(|line| line.split_whitespace().next())
         .filter(|name| name.starts_with(NETNS_PREFIX))
     {
-        if !pid_suffix(name).is_some_and(|pid| other_live_demo(pid, demo_pid)) {
+        let running = pid_of_namespace(name).is_some_and(|pid| {
+            pid != demo_pid && Path::new("/proc").join(pid.to_string()).exists()
+        });
+        if !running {
             found.push(format!("namespace {name}"));
         }
     }
     // The demo makes its veths inside its namespaces; none may ever show up here.
+    let veth = format!("fw{demo_pid:x}");
     let links = Command::new("ip").args(["-o", "link"]).output()?;
     ensure!(links.status.success(), "ip -o link failed");
     for line in String::from_utf8_lossy(&links.stdout).lines() {
         let name = line.split(':').nth(1).unwrap_or("").trim();
-        if name.starts_with(VETH_PREFIX) {
+        if name.starts_with(&veth) {
             found.push(format!("link {name} in the root namespace"));
         }
     }
+    let bpffs = format!("/run/floodwall-test-{demo_pid}-");
     let mounts = std::fs::read_to_string("/proc/mounts")?;
     for point in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
-        if point.starts_with(BPFFS_PREFIX)
-            && !pid_suffix(point).is_some_and(|pid| other_live_demo(pid, demo_pid))
-        {
+        if point.starts_with(&bpffs) {
             found.push(format!("bpffs mount {point}"));
         }
     }
-    for dir in ["/run".into(), std::env::temp_dir()] {
+    for (dir, prefix) in [
+        (
+            Path::new("/run").to_owned(),
+            format!("floodwall-test-{demo_pid}-"),
+        ),
+        (std::env::temp_dir(), format!("floodwall-state-{demo_pid}-")),
+    ] {
         for entry in std::fs::read_dir(&dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            let demo_dir = name.starts_with(STATE_PREFIX)
-                || (dir == Path::new("/run") && name.starts_with("floodwall-demo-"));
-            if demo_dir && !pid_suffix(&name).is_some_and(|pid| other_live_demo(pid, demo_pid)) {
+            if name.starts_with(&prefix) {
                 found.push(format!("directory {}", dir.join(&name).display()));
             }
         }
@@ -197,27 +169,8 @@ fn leftovers(demo_pid: u32) -> Result<Vec<String>> {
 fn demo_protects_the_client_and_cleans_up() -> Result<()> {
     // Built first, so the demo's timeout measures the demo, not the compiler.
     floodwall_bin()?;
-    let mut build = cargo()?;
-    build.args(["build", "--quiet", "-p", "xtask"]);
-    let built = run_with_timeout(build, BUILD_TIMEOUT)?;
-    ensure!(
-        built.status.success(),
-        "building xtask failed ({}):\n{}",
-        built.status,
-        built.stderr
-    );
-
-    let mut demo = cargo()?;
-    demo.args([
-        "run",
-        "--quiet",
-        "-p",
-        "xtask",
-        "--",
-        "demo",
-        "--duration",
-        DURATION,
-    ]);
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_demo"));
+    demo.args(["--duration", DURATION]).stdin(Stdio::null());
     let run = run_with_timeout(demo, DEMO_TIMEOUT)?;
     println!("{}", run.stdout);
     ensure!(
@@ -232,7 +185,7 @@ fn demo_protects_the_client_and_cleans_up() -> Result<()> {
         .stdout
         .split_whitespace()
         .find(|word| word.starts_with(NETNS_PREFIX))
-        .and_then(|name| pid_suffix(name.trim_end_matches(',')))
+        .and_then(|name| pid_of_namespace(name.trim_end_matches(',')))
         .context("the demo did not print its namespace names")?;
     let left = leftovers(demo_pid)?;
     ensure!(
