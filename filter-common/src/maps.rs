@@ -6,6 +6,10 @@ use crate::{Reason, limiter::Bucket};
 
 // Map names: the symbol in the object file and the pin file name under bpffs.
 pub const MAP_CONFIG: &str = "CONFIG";
+/// Which of the [`CONFIG_SLOTS`] config records is live: userspace writes the other one and
+/// then flips this, so a frame always reads one whole version.
+pub const MAP_CONFIG_ACTIVE: &str = "CONFIG_ACTIVE";
+pub const CONFIG_SLOTS: u32 = 2;
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_IFACE_SLOTS: &str = "IFACE_SLOTS";
 pub const MAP_SLOT_IFACES: &str = "SLOT_IFACES";

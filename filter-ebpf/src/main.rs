@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use filter_common::{
-    Bucket, COUNTER_ENTRIES, COUNTER_SLOTS, Config, Counter, DEFAULT_HOST_ENTRIES,
+    Bucket, CONFIG_SLOTS, COUNTER_ENTRIES, COUNTER_SLOTS, Config, Counter, DEFAULT_HOST_ENTRIES,
     DEFAULT_NET_ENTRIES, DEFAULT_SOURCES, DropEvent, EVENT_RING_BYTES, EVENT_SEEN_ENTRIES,
     FAMILY_V4, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_EVENTS, GLOBAL_NEWCOMER, GLOBAL_PKT,
     GLOBAL_SLOTS, GLOBAL_TRACE, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST,
@@ -41,8 +41,11 @@ use crate::{
     sync::atomic_add,
 };
 
+/// Two records and the index of the live one (see `MAP_CONFIG_ACTIVE`).
 #[map]
-static CONFIG: Array<Config> = Array::pinned(1, 0);
+static CONFIG: Array<Config> = Array::pinned(CONFIG_SLOTS, 0);
+#[map]
+static CONFIG_ACTIVE: Array<u32> = Array::pinned(1, 0);
 // Counters in a per-CPU array (an inlined lookup) rather than a hash keyed by interface:
 // `IFACE_SLOTS` maps an interface to its slot, `SLOT_IFACES` is the reverse, for userspace.
 #[map]
@@ -116,7 +119,7 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
     // Interfaces without a slot (or beyond the table) share slot 0.
     let slot = IFACE_SLOTS.get(ifindex).copied().unwrap_or(0);
     // Index 0 of an array map always exists; without it the program is not configured.
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = config() else {
         count(slot, Reason::Malformed, len);
         return xdp_action::XDP_PASS;
     };
@@ -133,6 +136,14 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
     traced(&ctx, src.as_ref(), reason, action, len, ifindex)
 }
 
+/// The live config record. Read once per frame: the record is never written while a frame
+/// that could have read it runs (userspace waits for an RCU grace period first).
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    let slot = CONFIG_ACTIVE.get(0).copied().unwrap_or(0);
+    CONFIG.get(slot % CONFIG_SLOTS)
+}
+
 /// The SYN challenge, for a frame `floodwall` handed over: the lists have passed it and its
 /// source has no state. TCP sources prove themselves here; everything else (and TCP the
 /// challenge does not answer) takes the admission and newcomer path as in `floodwall`.
@@ -141,7 +152,7 @@ pub fn floodwall_syn(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let ifindex = ctx.ingress_ifindex() as u32;
     let slot = IFACE_SLOTS.get(ifindex).copied().unwrap_or(0);
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = config() else {
         count(slot, Reason::Malformed, len);
         return xdp_action::XDP_PASS;
     };

@@ -1234,3 +1234,73 @@ fn dry_run_passes_and_counts() -> Result<()> {
         )],
     )
 }
+
+/// While limits change, every frame sees one whole config: never the lists of one version
+/// and the dry-run switch of the next. Version A blocklist-checks in dry-run (the blocked
+/// source is counted under `blocklist` and `dry_run`, and passed); version B checks no list
+/// (passed). A frame that read A's lists and then B's flags would be dropped as blocklisted
+/// without `dry_run`: the `blocklist` count would run ahead of the `dry_run` count.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_frame_never_sees_a_half_written_config() -> Result<()> {
+    const CHANGES: usize = 4_000;
+    const RUN_TIME: Duration = Duration::from_secs(30);
+    // Each version stays live a while, so frames run under both (not only mid-change).
+    const LIVE: Duration = Duration::from_millis(2);
+    let fw = with_blocklist()?;
+    let max_frame = 1522;
+    let a = Limits {
+        dry_run: true,
+        ..Limits::default()
+    }
+    .to_config(filter_common::LIST_BLOCK4_HOST, max_frame);
+    let b = Limits::default().to_config(0, max_frame);
+    let frame = udp(BLOCKED4.into(), 16);
+    floodwall::kernel::write_config(&fw.paths, &b)?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (changes, runs) = std::thread::scope(|s| -> Result<(usize, u64)> {
+        let writer = s.spawn(|| -> Result<usize> {
+            floodwall_tests::program::pin_to_cpu(1 % floodwall_tests::program::cpus());
+            let deadline = std::time::Instant::now() + RUN_TIME;
+            let mut n = 0;
+            while n < CHANGES && std::time::Instant::now() < deadline {
+                floodwall::kernel::write_config(&fw.paths, if n % 2 == 0 { &a } else { &b })?;
+                std::thread::sleep(LIVE);
+                n += 1;
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(n)
+        });
+        floodwall_tests::program::pin_to_cpu(0);
+        let mut runs = 0u64;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) && runs < 500_000_000 {
+            fw.run_repeat(&frame, 10_000)?;
+            runs += 10_000;
+        }
+        let changes = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the config writer panicked"))??;
+        Ok((changes, runs))
+    })?;
+    let counters = fw.counters()?;
+    let (blocklist, dry_run) = (
+        counters[&Reason::Blocklisted],
+        counters[&Reason::DryRunPassed],
+    );
+    eprintln!(
+        "{changes} config changes during {runs} frames: {blocklist} blocklist, {dry_run} dry_run, \
+         {} passed",
+        counters[&Reason::Passed]
+    );
+    ensure!(
+        blocklist > 0 && counters[&Reason::Passed] > 0,
+        "the frames never saw both versions: {counters:?}"
+    );
+    ensure!(
+        blocklist == dry_run,
+        "{} frames were dropped as blocklisted without dry-run: they read one version's lists \
+         and the next one's flags",
+        blocklist - dry_run
+    );
+    Ok(())
+}

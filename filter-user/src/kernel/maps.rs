@@ -11,23 +11,68 @@ pub struct MapFill {
     pub capacity: u32,
 }
 
-/// The configuration record.
+/// The live configuration record.
 pub fn read_config(paths: &Paths) -> Result<Config, KernelError> {
     let array: Array<MapData, Config> = open_as(paths, MAP_CONFIG)?;
-    array.get(&0, 0).map_err(|source| KernelError::OpenMap {
-        name: MAP_CONFIG,
-        source,
-    })
-}
-
-pub fn write_config(paths: &Paths, config: &Config) -> Result<(), KernelError> {
-    let mut array: Array<MapData, Config> = open_as(paths, MAP_CONFIG)?;
     array
-        .set(0, config, 0)
-        .map_err(|source| KernelError::Update {
+        .get(&active_config_slot(paths)?, 0)
+        .map_err(|source| KernelError::OpenMap {
             name: MAP_CONFIG,
             source,
         })
+}
+
+fn active_config_slot(paths: &Paths) -> Result<u32, KernelError> {
+    let active: Array<MapData, u32> = open_as(paths, MAP_CONFIG_ACTIVE)?;
+    active
+        .get(&0, 0)
+        .map(|slot| slot % CONFIG_SLOTS)
+        .map_err(|source| KernelError::OpenMap {
+            name: MAP_CONFIG_ACTIVE,
+            source,
+        })
+}
+
+/// Publishes `config` so that every frame sees either the old record or this one, whole: it
+/// is written into the slot frames are not reading, and then that slot is made live. Frames
+/// that read the spare slot before the last switch may still run, so first this waits for an
+/// RCU grace period (XDP programs run inside RCU read-side sections): after it, none does.
+/// The caller holds the lock, so no other writer uses the spare slot meanwhile.
+/// A record equal to the live one is not written again (most list changes leave it as it is),
+/// which spares those changes the wait.
+pub fn write_config(paths: &Paths, config: &Config) -> Result<(), KernelError> {
+    let mut array: Array<MapData, Config> = open_as(paths, MAP_CONFIG)?;
+    let mut active: Array<MapData, u32> = open_as(paths, MAP_CONFIG_ACTIVE)?;
+    let live = active_config_slot(paths)?;
+    if array.get(&live, 0).is_ok_and(|c| c == *config) {
+        return Ok(());
+    }
+    let spare = (live + 1) % CONFIG_SLOTS;
+    wait_for_frames_in_flight();
+    array
+        .set(spare, config, 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_CONFIG,
+            source,
+        })?;
+    active
+        .set(0, spare, 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_CONFIG_ACTIVE,
+            source,
+        })
+}
+
+/// Returns once every XDP program run that started before the call has finished:
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`. A kernel that refuses it
+/// (`nohz_full`) gets a pause far longer than any program run instead.
+fn wait_for_frames_in_flight() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Whether `floodwall run` has switched an `auto` SYN challenge on.

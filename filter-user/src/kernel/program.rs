@@ -125,8 +125,9 @@ pub(super) fn remove_pin(path: PathBuf) -> Result<(), KernelError> {
 }
 
 /// Every map the program pins besides the list maps (`LIST_MAP_NAMES`).
-const STATE_MAP_NAMES: [&str; 12] = [
+const STATE_MAP_NAMES: [&str; 13] = [
     MAP_CONFIG,
+    MAP_CONFIG_ACTIVE,
     MAP_COUNTERS,
     MAP_IFACE_SLOTS,
     MAP_SLOT_IFACES,
