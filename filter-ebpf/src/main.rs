@@ -127,10 +127,29 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
         count(slot, Reason::Malformed, len);
         return xdp_action::XDP_PASS;
     };
-    let (reason, src) = match parse::<false>(&ctx) {
-        Ok(Parsed::NonIp) => (Reason::NonIp, None),
-        Ok(Parsed::Ip(ip)) => (decide(&ctx, cfg, &ip.src, len, &mut frame), Some(ip.src)),
-        Err(()) => (Reason::Malformed, None),
+    // A malformed frame whose source could be read is passed as malformed only once that
+    // source has passed the lists and limits (without the SYN challenge, which needs the
+    // transport header). That it is malformed is noted in the frame's map memory, not kept
+    // in a register, so the verifier walks the policy once for both kinds of frame.
+    let src = match parse::<false>(&ctx) {
+        Ok(Parsed::NonIp) => None,
+        Ok(Parsed::Ip(ip)) => Some(ip.src),
+        Err(Some(src)) if !cfg.malformed_drops() => {
+            frame.took(MALFORMED);
+            Some(src)
+        }
+        Err(_) => {
+            frame.took(MALFORMED);
+            None
+        }
+    };
+    let reason = match &src {
+        Some(src) => match decide(&ctx, cfg, src, len, &mut frame) {
+            Reason::Passed if frame.taken() & MALFORMED != 0 => Reason::Malformed,
+            reason => reason,
+        },
+        None if frame.taken() & MALFORMED != 0 => Reason::Malformed,
+        None => Reason::NonIp,
     };
     let action = finish(cfg, slot, ifindex, reason, src.as_ref(), len, &mut frame);
     traced(&ctx, src.as_ref(), reason, action, len, ifindex)
@@ -335,7 +354,8 @@ fn finish(
     xdp_action::XDP_DROP
 }
 
-/// This CPU's notes on the frame being decided: `[precise time, coarse time, TOOK_* bits]`,
+/// This CPU's notes on the frame being decided: `[precise time, coarse time, TOOK_* and
+/// MALFORMED bits]`,
 /// 0 until set.
 #[map]
 static FRAME: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
@@ -344,6 +364,8 @@ static FRAME: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
 const TOOK_SOURCE: u64 = 1;
 const TOOK_NEWCOMER: u64 = 2;
 const TOOK_ADMISSION: u64 = 4;
+/// Not a token: the parser called the frame malformed (its source may still be known).
+const MALFORMED: u64 = 8;
 
 /// The frame's time, read at most once and only on paths that need it, and the tokens it
 /// took. Kept in map memory rather than on the stack: the verifier then does not follow
@@ -630,7 +652,10 @@ fn limit_source(
     let state = match SOURCES.get_ptr_mut(&key) {
         Some(state) => state,
         None => {
-            if let Some(ctx) = challenge {
+            // A malformed frame has no transport header the challenge could answer.
+            if let Some(ctx) = challenge
+                && frame.taken() & MALFORMED == 0
+            {
                 // SAFETY: on success the tail call does not return; `floodwall_syn` decides.
                 unsafe { PROGRAMS.tail_call(ctx, PROGRAM_SLOT_SYN) };
                 // Not loaded: the frame takes the path it would without the challenge.

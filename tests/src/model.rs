@@ -7,6 +7,10 @@
 //! - Ethernet (14 bytes), then at most two VLAN tags (802.1Q `0x8100` or 802.1ad `0x88a8`, in
 //!   any order, 4 bytes each). A third tag is malformed. Any ethertype but IPv4, IPv6 and a
 //!   VLAN tag is non-IP.
+//! - A malformed frame still has a source when its fixed IP header is whole and of the right
+//!   version (IPv4: 20 bytes, IPv6: 40), in the places above or behind a third or fourth tag;
+//!   with the malformed action "pass" that source gets the lists and limits, and a frame they
+//!   pass is passed as malformed. A bad IPv4 header (which Linux drops too) has no source.
 //! - IPv4: version 4, IHL at least 5 words, the whole header with its options inside the frame,
 //!   and a total length not shorter than the header.
 //! - IPv6: version 6, the 40-byte header inside the frame, then the extension headers
@@ -37,6 +41,8 @@ pub const XDP_PASS: u32 = 2;
 pub const MAX_EXT_HEADERS: usize = 8;
 /// VLAN tags looked through.
 pub const MAX_VLAN_TAGS: usize = 2;
+/// VLAN tags looked through for the source of a malformed frame.
+pub const MAX_VLAN_TAGS_FOR_SOURCE: usize = 4;
 
 const ETH_LEN: usize = 14;
 const VLAN_LEN: usize = 4;
@@ -157,7 +163,8 @@ pub struct ModelState {
 pub enum Parsed {
     NonIp,
     Ip(SourceKey),
-    Malformed,
+    /// With the source, when it can be read.
+    Malformed(Option<SourceKey>),
 }
 
 /// Reads a big-endian u16 at `at`, if the frame holds it.
@@ -168,31 +175,60 @@ fn be16(frame: &[u8], at: usize) -> Option<u16> {
 
 /// Parses a frame as the specification (module docs) describes.
 pub fn parse(frame: &[u8]) -> Parsed {
-    parse_inner(frame).unwrap_or(Parsed::Malformed)
-}
-
-/// `None` means malformed.
-fn parse_inner(frame: &[u8]) -> Option<Parsed> {
+    let malformed = Parsed::Malformed(None);
     let is_tag = |t: u16| t == 0x8100 || t == 0x88a8;
-    let mut ethertype = be16(frame, 12)?;
+    let Some(mut ethertype) = be16(frame, 12) else {
+        return malformed;
+    };
     let mut at = ETH_LEN;
     let mut tags = 0;
     while is_tag(ethertype) {
-        if tags == MAX_VLAN_TAGS {
-            return None;
+        if tags == MAX_VLAN_TAGS_FOR_SOURCE {
+            return malformed;
         }
         // The tag's TCI is 2 bytes, then the inner ethertype.
-        ethertype = be16(frame, at + 2)?;
+        let Some(inner) = be16(frame, at + 2) else {
+            return malformed;
+        };
+        ethertype = inner;
         at += VLAN_LEN;
         tags += 1;
     }
+    let ip = frame.get(at..).unwrap_or(&[]);
+    if tags > MAX_VLAN_TAGS {
+        return Parsed::Malformed(fixed_header_source(ethertype, ip));
+    }
     match ethertype {
-        0x0800 => ipv4(frame.get(at..)?),
-        0x86dd => ipv6(frame.get(at..)?),
-        _ => Some(Parsed::NonIp),
+        0x0800 => ipv4(ip).unwrap_or(malformed),
+        0x86dd => ipv6(ip),
+        _ => Parsed::NonIp,
     }
 }
 
+/// The source in a whole fixed IPv4 or IPv6 header of the right version.
+fn fixed_header_source(ethertype: u16, ip: &[u8]) -> Option<SourceKey> {
+    let version = *ip.first()? >> 4;
+    let mut addr = [0u8; 16];
+    match ethertype {
+        0x0800 if version == 4 && ip.len() >= IPV4_MIN_LEN => {
+            addr[..4].copy_from_slice(&ip[12..16]);
+            Some(SourceKey {
+                family: FAMILY_V4,
+                addr,
+            })
+        }
+        0x86dd if version == 6 && ip.len() >= IPV6_LEN => {
+            addr.copy_from_slice(&ip[8..24]);
+            Some(SourceKey {
+                family: FAMILY_V6,
+                addr,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `None`: malformed, without a source (Linux drops such a header too).
 fn ipv4(ip: &[u8]) -> Option<Parsed> {
     let first = *ip.first()?;
     if ip.len() < IPV4_MIN_LEN || first >> 4 != 4 {
@@ -211,10 +247,16 @@ fn ipv4(ip: &[u8]) -> Option<Parsed> {
     }))
 }
 
-fn ipv6(ip: &[u8]) -> Option<Parsed> {
-    if ip.len() < IPV6_LEN || ip[0] >> 4 != 6 {
-        return None;
-    }
+/// A broken extension chain is malformed with the source of the whole fixed header.
+fn ipv6(ip: &[u8]) -> Parsed {
+    let Some(key) = fixed_header_source(0x86dd, ip) else {
+        return Parsed::Malformed(None);
+    };
+    ipv6_chain(ip).unwrap_or(Parsed::Malformed(Some(key)))
+}
+
+/// `None`: the extension chain is broken.
+fn ipv6_chain(ip: &[u8]) -> Option<Parsed> {
     let mut addr = [0u8; 16];
     addr.copy_from_slice(&ip[8..24]);
     let src = Parsed::Ip(SourceKey {
@@ -251,10 +293,17 @@ fn ipv6(ip: &[u8]) -> Option<Parsed> {
 /// `dry_run` when [`dry_run_counted`] says so.
 pub fn decide(frame: &[u8], policy: &Policy, state: &mut ModelState, now_ns: u64) -> (u32, Reason) {
     let cfg = &policy.config;
+    let len = frame.len() as u64;
     let reason = match parse(frame) {
         Parsed::NonIp => Reason::NonIp,
-        Parsed::Malformed => Reason::Malformed,
-        Parsed::Ip(src) => judge(policy, &src, frame.len() as u64, state, now_ns),
+        Parsed::Malformed(Some(src)) if !cfg.malformed_drops() => {
+            match judge(policy, &src, len, state, now_ns) {
+                Reason::Passed => Reason::Malformed,
+                reason => reason,
+            }
+        }
+        Parsed::Malformed(_) => Reason::Malformed,
+        Parsed::Ip(src) => judge(policy, &src, len, state, now_ns),
     };
     let verdict = if would_drop(cfg, reason) && !cfg.dry_run() {
         XDP_DROP
@@ -477,7 +526,7 @@ mod tests {
         // Every truncation of a UDP/IPv4 frame inside its IP header is malformed.
         let frame = v4([10, 0, 0, 1]);
         for cut in 0..14 + 20 {
-            assert_eq!(parse(&frame[..cut]), Parsed::Malformed, "cut {cut}");
+            assert_eq!(parse(&frame[..cut]), Parsed::Malformed(None), "cut {cut}");
         }
         let tagged = |tags: &[u16]| {
             let mut f = Frame::eth(tags[0]);
@@ -492,21 +541,31 @@ mod tests {
             parse(&tagged(&[ETH_P_8021AD, ETH_P_8021Q])),
             src4([192, 0, 2, 9])
         );
+        // A third or fourth tag is malformed, with the source behind it; a fifth hides it.
+        let key4 = |a: [u8; 4]| match src4(a) {
+            Parsed::Ip(key) => key,
+            other => panic!("{other:?}"),
+        };
         assert_eq!(
             parse(&tagged(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q])),
-            Parsed::Malformed
+            Parsed::Malformed(Some(key4([192, 0, 2, 9])))
         );
+        assert_eq!(
+            parse(&tagged(&[ETH_P_8021Q; 4])),
+            Parsed::Malformed(Some(key4([192, 0, 2, 9])))
+        );
+        assert_eq!(parse(&tagged(&[ETH_P_8021Q; 5])), Parsed::Malformed(None));
         // IHL below 5, version 5, options cut short.
         let mut bad = v4([10, 0, 0, 1]);
         bad[14] = 0x44;
-        assert_eq!(parse(&bad), Parsed::Malformed);
+        assert_eq!(parse(&bad), Parsed::Malformed(None));
         bad[14] = 0x55;
-        assert_eq!(parse(&bad), Parsed::Malformed);
+        assert_eq!(parse(&bad), Parsed::Malformed(None));
         let opts = Frame::eth(ETH_P_IP)
             .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 17, &[1; 8], 0)
             .build();
         assert_eq!(parse(&opts), src4([10, 0, 0, 1]));
-        assert_eq!(parse(&opts[..opts.len() - 1]), Parsed::Malformed);
+        assert_eq!(parse(&opts[..opts.len() - 1]), Parsed::Malformed(None));
     }
 
     #[test]
@@ -520,7 +579,13 @@ mod tests {
             f.raw(&[0; 8]).build()
         };
         assert!(matches!(parse(&chain(MAX_EXT_HEADERS, 17)), Parsed::Ip(_)));
-        assert_eq!(parse(&chain(MAX_EXT_HEADERS + 1, 17)), Parsed::Malformed);
+        assert_eq!(
+            parse(&chain(MAX_EXT_HEADERS + 1, 17)),
+            Parsed::Malformed(Some(SourceKey {
+                family: FAMILY_V6,
+                addr: [0x20; 16]
+            }))
+        );
         // A non-first fragment stops the walk, whatever its next header claims.
         let frag = Frame::eth(ETH_P_IPV6)
             .ipv6([0x20; 16], [0x20; 16], 44, 0)
@@ -530,7 +595,7 @@ mod tests {
         assert!(matches!(parse(&frag), Parsed::Ip(_)));
         let mut first = frag.clone();
         first[14 + 40 + 3] = 1; // offset 0, more fragments
-        assert_eq!(parse(&first), Parsed::Malformed);
+        assert!(matches!(parse(&first), Parsed::Malformed(Some(_))));
     }
 
     #[test]
