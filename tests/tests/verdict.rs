@@ -406,9 +406,11 @@ fn every_protocol_from_a_blocked_source_is_dropped() -> Result<()> {
 
 /// Frames with the byte offsets where each of their headers ends; every cut short of the last
 /// boundary is malformed.
-/// Frames of several header layers: name, bytes, where each header ends, and from which length
-/// on a cut frame still holds its whole fixed IPv6 header (so its source can be read).
-fn layered_frames() -> Vec<(&'static str, Vec<u8>, Vec<usize>, Option<usize>)> {
+/// A frame of several header layers: name, bytes, where each header ends, and from which
+/// length on a cut frame still holds its whole fixed IPv6 header (so its source can be read).
+type Layered = (&'static str, Vec<u8>, Vec<usize>, Option<usize>);
+
+fn layered_frames() -> Vec<Layered> {
     let v4opts = Frame::eth(ETH_P_8021AD)
         .vlan(1, ETH_P_8021Q)
         .vlan(2, ETH_P_IP)
