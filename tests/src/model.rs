@@ -20,8 +20,11 @@
 //!   header is payload. Any other next-header value (upper layer, ESP, "no next header") ends
 //!   the chain. A chain still going after the bound is malformed.
 //!
-//! The policy logic uses `filter_common`'s pure functions (`gcra`, `byte_cost`, `mask_prefix`,
-//! `ListEntry::active`, `Reason::drops`, the `Config` methods), so only the glue is modelled.
+//! The policy's arithmetic is written here too, from the design rather than from
+//! `filter_common` (see [`math`]): the generic cell rate algorithm, byte costs, prefix masks,
+//! list expiry, which reasons drop, what the config's bits mean. Only the layouts (the
+//! `Config` record, keys, slot numbers, flag bits) are shared, since they are the contract. A
+//! bug in `filter_common`'s math then shows up as a disagreement instead of in both.
 //!
 //! Not modelled: LRU eviction of per-source state (tests keep the source count far below the
 //! map size), drop events (they never change a verdict), CAS contention (tests are
@@ -31,8 +34,89 @@ use std::{collections::HashMap, net::IpAddr, str::FromStr};
 
 use filter_common::{
     Config, FAMILY_V4, FAMILY_V6, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_NEWCOMER, GLOBAL_PKT,
-    GLOBAL_SLOTS, ListEntry, Reason, SourceKey, SourceState, byte_cost, gcra, mask_prefix,
+    GLOBAL_SLOTS, ListEntry, Reason, SourceKey, SourceState,
 };
+
+use math::{
+    byte_cost, cfg_dry_run, cfg_limits_sources, cfg_malformed_drops, drops, enabled, entry_active,
+    gcra, mask_prefix,
+};
+
+/// The policy's arithmetic, from the design (data path: limiter, lists, reasons).
+pub mod math {
+    use filter_common::{Bucket, Config, FLAG_DRY_RUN, FLAG_MALFORMED_PASS, ListEntry, Reason};
+
+    /// Byte costs are fixed point: a byte costs `cost / 2^16` ns.
+    const BYTE_COST_SHIFT: u32 = 16;
+    /// A frame's length counts up to 64 KiB - 1 (no frame is longer).
+    const MAX_FRAME_LEN: u128 = 65_535;
+
+    /// GCRA as a virtual scheduling algorithm: the bucket's theoretical arrival time moves on
+    /// by `cost` per conforming frame, never from before `now`; a frame conforms if the new
+    /// arrival time is at most `tau` ahead of `now`. Computed in 128 bits.
+    pub fn gcra(tat: u64, now: u64, cost: u64, tau: u64) -> Option<u64> {
+        let start = u128::from(tat.max(now));
+        let next = start + u128::from(cost);
+        (next <= u128::from(now) + u128::from(tau)).then(|| next.min(u128::from(u64::MAX)) as u64)
+    }
+
+    /// ns a frame of `len` bytes costs at a per-byte cost of `cost` (fixed point).
+    pub fn byte_cost(len: u64, cost: u64) -> u64 {
+        ((u128::from(len).min(MAX_FRAME_LEN) * u128::from(cost)) >> BYTE_COST_SHIFT) as u64
+    }
+
+    /// Keeps the first `len` bits of a 16-byte address (IPv4 in the first four bytes).
+    pub fn mask_prefix(addr: &mut [u8; 16], len: u32) {
+        let keep = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len.min(128))
+        };
+        *addr = (u128::from_be_bytes(*addr) & keep).to_be_bytes();
+    }
+
+    /// A list entry matches until its expiry (0: never expires).
+    pub fn entry_active(entry: &ListEntry, now_ns: u64) -> bool {
+        entry.expires_ns == 0 || now_ns < entry.expires_ns
+    }
+
+    /// The design's table of reasons that drop when enforcing (`Malformed` by the action).
+    pub fn drops(reason: Reason) -> bool {
+        match reason {
+            Reason::Blocklisted
+            | Reason::OverPps
+            | Reason::OverBps
+            | Reason::NewcomerLimited
+            | Reason::GlobalCap
+            | Reason::Malformed
+            | Reason::SynBadCookie => true,
+            Reason::Passed
+            | Reason::NonIp
+            | Reason::Allowlisted
+            | Reason::DryRunPassed
+            | Reason::SynChallenged
+            | Reason::SynProven => false,
+        }
+    }
+
+    /// A bucket with no cost is off.
+    pub fn enabled(bucket: &Bucket) -> bool {
+        bucket.cost != 0
+    }
+
+    pub fn cfg_dry_run(cfg: &Config) -> bool {
+        cfg.flags & FLAG_DRY_RUN != 0
+    }
+
+    pub fn cfg_malformed_drops(cfg: &Config) -> bool {
+        cfg.flags & FLAG_MALFORMED_PASS == 0
+    }
+
+    /// Sources are limited when either of their buckets is on.
+    pub fn cfg_limits_sources(cfg: &Config) -> bool {
+        enabled(&cfg.source_pkt) || enabled(&cfg.source_byte)
+    }
+}
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -296,7 +380,7 @@ pub fn decide(frame: &[u8], policy: &Policy, state: &mut ModelState, now_ns: u64
     let len = frame.len() as u64;
     let reason = match parse(frame) {
         Parsed::NonIp => Reason::NonIp,
-        Parsed::Malformed(Some(src)) if !cfg.malformed_drops() => {
+        Parsed::Malformed(Some(src)) if !cfg_malformed_drops(cfg) => {
             match judge(policy, &src, len, state, now_ns) {
                 Reason::Passed => Reason::Malformed,
                 reason => reason,
@@ -305,7 +389,7 @@ pub fn decide(frame: &[u8], policy: &Policy, state: &mut ModelState, now_ns: u64
         Parsed::Malformed(_) => Reason::Malformed,
         Parsed::Ip(src) => judge(policy, &src, len, state, now_ns),
     };
-    let verdict = if would_drop(cfg, reason) && !cfg.dry_run() {
+    let verdict = if would_drop(cfg, reason) && !cfg_dry_run(cfg) {
         XDP_DROP
     } else {
         XDP_PASS
@@ -316,22 +400,22 @@ pub fn decide(frame: &[u8], policy: &Policy, state: &mut ModelState, now_ns: u64
 /// Whether a frame with this reason is dropped when enforcing.
 pub fn would_drop(cfg: &Config, reason: Reason) -> bool {
     if reason == Reason::Malformed {
-        cfg.malformed_drops()
+        cfg_malformed_drops(cfg)
     } else {
-        reason.drops()
+        drops(reason)
     }
 }
 
 /// Whether the frame is also counted under `dry_run`: dry-run turned its drop into a pass.
 pub fn dry_run_counted(cfg: &Config, reason: Reason) -> bool {
-    cfg.dry_run() && would_drop(cfg, reason)
+    cfg_dry_run(cfg) && would_drop(cfg, reason)
 }
 
 /// Whether any active entry of `list` covers `src`. With longest-prefix matching this is the
 /// same as "the longest match, or when it has expired the next shorter one, and so on".
 fn listed(list: &[(Prefix, ListEntry)], src: &SourceKey, now_ns: u64) -> bool {
     list.iter()
-        .any(|(prefix, entry)| prefix.contains(src) && entry.active(now_ns))
+        .any(|(prefix, entry)| prefix.contains(src) && entry_active(entry, now_ns))
 }
 
 /// Steps 2 to 5 of the data path for a parsed IP frame of `len` bytes.
@@ -344,7 +428,7 @@ fn judge(policy: &Policy, src: &SourceKey, len: u64, state: &mut ModelState, now
         return Reason::Blocklisted;
     }
     let mut took = Took::default();
-    if cfg.limits_sources() {
+    if cfg_limits_sources(cfg) {
         let reason = per_source(cfg, src, len, state, now, &mut took);
         if reason != Reason::Passed {
             return reason;
@@ -366,10 +450,10 @@ fn judge(policy: &Policy, src: &SourceKey, len: u64, state: &mut ModelState, now
     if let Some(key) = took.source
         && let Some(source) = state.sources.get_mut(&key)
     {
-        if cfg.source_pkt.enabled() {
+        if enabled(&cfg.source_pkt) {
             source.tat_pkt = source.tat_pkt.wrapping_sub(cfg.source_pkt.cost);
         }
-        if cfg.source_byte.enabled() {
+        if enabled(&cfg.source_byte) {
             let cost = byte_cost(len, cfg.source_byte.cost);
             source.tat_byte = source.tat_byte.wrapping_sub(cost);
         }
@@ -391,7 +475,7 @@ struct Took {
 /// drop gives the packet cap its token back.
 fn global_caps(cfg: &Config, len: u64, state: &mut ModelState, now: u64) -> bool {
     let globals = &mut state.globals;
-    let pkt = cfg.global_pkt.enabled();
+    let pkt = enabled(&cfg.global_pkt);
     if pkt {
         let slot = &mut globals[GLOBAL_PKT as usize];
         match gcra(*slot, now, cfg.global_pkt.cost, cfg.global_pkt.tau) {
@@ -399,7 +483,7 @@ fn global_caps(cfg: &Config, len: u64, state: &mut ModelState, now: u64) -> bool
             None => return false,
         }
     }
-    if cfg.global_byte.enabled() {
+    if enabled(&cfg.global_byte) {
         let cost = byte_cost(len, cfg.global_byte.cost);
         let slot = &mut globals[GLOBAL_BYTE as usize];
         match gcra(*slot, now, cost, cfg.global_byte.tau) {
@@ -434,7 +518,7 @@ fn per_source(
     mask_prefix(&mut key.addr, prefix);
     if !state.sources.contains_key(&key) {
         let mut admitted = true;
-        if cfg.admission.enabled() {
+        if enabled(&cfg.admission) {
             let slot = &mut state.globals[GLOBAL_ADMISSION as usize];
             match gcra(*slot, now, cfg.admission.cost, cfg.admission.tau) {
                 Some(tat) => {
@@ -446,7 +530,7 @@ fn per_source(
         }
         if !admitted {
             // No state of its own: the shared newcomer bucket decides.
-            if cfg.newcomer.enabled() {
+            if enabled(&cfg.newcomer) {
                 let slot = &mut state.globals[GLOBAL_NEWCOMER as usize];
                 if let Some(tat) = gcra(*slot, now, cfg.newcomer.cost, cfg.newcomer.tau) {
                     *slot = tat;
@@ -462,20 +546,20 @@ fn per_source(
         return Reason::NewcomerLimited;
     };
     let mut reason = Reason::Passed;
-    if cfg.source_pkt.enabled() {
+    if enabled(&cfg.source_pkt) {
         match gcra(source.tat_pkt, now, cfg.source_pkt.cost, cfg.source_pkt.tau) {
             Some(tat) => source.tat_pkt = tat,
             None => reason = Reason::OverPps,
         }
     }
-    if reason == Reason::Passed && cfg.source_byte.enabled() {
+    if reason == Reason::Passed && enabled(&cfg.source_byte) {
         let cost = byte_cost(len, cfg.source_byte.cost);
         match gcra(source.tat_byte, now, cost, cfg.source_byte.tau) {
             Some(tat) => source.tat_byte = tat,
             None => {
                 reason = Reason::OverBps;
                 // The dropped frame gives its packet token back.
-                if cfg.source_pkt.enabled() {
+                if enabled(&cfg.source_pkt) {
                     source.tat_pkt = source.tat_pkt.wrapping_sub(cfg.source_pkt.cost);
                 }
             }
@@ -513,6 +597,40 @@ mod tests {
             family: FAMILY_V4,
             addr,
         })
+    }
+
+    /// The model's own arithmetic, on values worked out by hand from the design.
+    #[test]
+    fn math_from_the_design() {
+        // 10 pps (cost 0.1 s) with a burst of 3 (tau 0.3 s): three at once, then one per 0.1 s.
+        let (cost, tau) = (SEC / 10, 3 * SEC / 10);
+        let mut tat = 0;
+        for i in 0..3 {
+            tat = math::gcra(tat, 5 * SEC, cost, tau).unwrap_or_else(|| panic!("frame {i}"));
+        }
+        assert_eq!(math::gcra(tat, 5 * SEC, cost, tau), None);
+        assert!(math::gcra(tat, 5 * SEC + SEC / 10, cost, tau).is_some());
+        assert_eq!(math::gcra(0, 7, cost, tau), Some(7 + cost));
+        // 1 ns per byte in fixed point: 1500 bytes cost 1500 ns; lengths cap at 65,535.
+        assert_eq!(math::byte_cost(1500, 1 << 16), 1500);
+        assert_eq!(math::byte_cost(100_000, 1 << 16), 65_535);
+        let mut a = [0xff; 16];
+        math::mask_prefix(&mut a, 12);
+        assert_eq!(a[..3], [0xff, 0xf0, 0]);
+        let mut a = [0xff; 16];
+        math::mask_prefix(&mut a, 0);
+        assert_eq!(a, [0; 16]);
+        let mut a = [0xff; 16];
+        math::mask_prefix(&mut a, 128);
+        assert_eq!(a, [0xff; 16]);
+        let entry = |expires_ns| ListEntry {
+            expires_ns,
+            ..ListEntry::default()
+        };
+        assert!(math::entry_active(&entry(0), u64::MAX));
+        assert!(math::entry_active(&entry(10), 9));
+        assert!(!math::entry_active(&entry(10), 10));
+        assert!(!math::drops(Reason::Allowlisted) && math::drops(Reason::GlobalCap));
     }
 
     #[test]

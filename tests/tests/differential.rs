@@ -881,3 +881,171 @@ fn kernel_and_model_agree_on_random_and_mutated_frames() -> Result<()> {
     }
     Ok(())
 }
+
+/// Phases where time moves: buckets refill between frames and list entries expire while the
+/// frames run. The kernel reads its own clock, somewhere between the two readings taken around
+/// each run, so each frame is judged from the kernel's own state just before it (read back
+/// into the model) at both ends of that interval: where both agree the kernel must give that
+/// answer, and where they differ (the frame sits on an edge: a refill or an expiry between the
+/// two readings) it must give one of the two, and such frames must stay rare.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn kernel_and_model_agree_while_time_moves() -> Result<()> {
+    const RUN_FOR: Duration = Duration::from_secs(4);
+    const MAX_FRAMES: usize = 20_000;
+    let seed = seed()?;
+    println!("FLOODWALL_SEED={seed:#x}");
+    let mut rng = Rng(seed ^ 0x7133_0000);
+    let (fw, mut policy) = setup(&Limits {
+        // Big frames run into the byte rate first, small ones into the packet rate.
+        pps: 40,
+        burst: 4,
+        bps: 30_000,
+        burst_bytes: 3_000,
+        prefix4: 32,
+        prefix6: 64,
+        new_sources: 4,
+        newcomer_pps: 20,
+        // Below the rate of frames the sources' own limits pass, so the cap drops some.
+        global_pps: 100,
+        ..Limits::default()
+    })?;
+    // Entries that expire while the frames run, each overwritten in the kernel with an exact
+    // expiry the model shares. The permanent /16 is what the expiring prefix falls back to.
+    let start_ns = mono_now_ns();
+    let expiring = [
+        (ListKind::Block, "192.0.2.200", 1_000),
+        (ListKind::Allow, "192.0.2.201", 1_700),
+        (ListKind::Block, "203.0.113.0/24", 2_300),
+        (ListKind::Block, "2001:db8:e::/48", 2_900),
+    ];
+    add(
+        &fw,
+        &mut policy,
+        ListKind::Allow,
+        "203.0.0.0/16",
+        Life::Permanent,
+    )?;
+    for (kind, cidr, ms) in expiring {
+        fw.add(kind, &[cidr], Some(Duration::from_secs(3600)))?;
+        let expires_ns = start_ns + ms * 1_000_000;
+        let parsed: Cidr = cidr.parse().with_context(|| format!("cidr {cidr}"))?;
+        let entry = ListEntry {
+            expires_ns,
+            ..ListEntry::default()
+        };
+        ListMaps::open(&fw.paths, kind)?.insert(&parsed, &entry)?;
+        match kind {
+            ListKind::Allow => policy.allow(cidr, expires_ns),
+            ListKind::Block => policy.block(cidr, expires_ns),
+        }
+        .map_err(anyhow::Error::msg)?;
+    }
+    policy.config = kernel::read_config(&fw.paths)?;
+    let sources: Vec<std::net::IpAddr> = [
+        "192.0.2.200",
+        "192.0.2.201",
+        "203.0.113.9",
+        "2001:db8:e::9",
+        "198.18.0.1",
+        "198.18.0.2",
+        "198.18.0.3",
+        "2001:db8:f::1",
+        "2001:db8:f:1::1",
+    ]
+    .iter()
+    .map(|s| s.parse().context("source"))
+    .collect::<Result<_>>()?;
+    let counters = Counters::open(&fw)?;
+    let mut before = counters.read()?;
+    let mut seen: BTreeMap<Reason, usize> = BTreeMap::new();
+    let (mut judged, mut on_edge) = (0, 0);
+    let mut mismatches = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < RUN_FOR && judged + on_edge < MAX_FRAMES {
+        // Paced: buckets refill between frames, and 0 ms gaps make bursts.
+        std::thread::sleep(Duration::from_micros(rng.below(4_000) as u64));
+        // A source from the pool, now and then one never seen (admission and newcomers).
+        let src = if rng.percent(10) {
+            std::net::IpAddr::from([198, 19, rng.byte(), rng.byte()])
+        } else {
+            sources[rng.below(sources.len())]
+        };
+        // Small frames run into the packet rate, big ones into the byte rate.
+        let payload = if rng.percent(50) {
+            rng.range(8, 100)
+        } else {
+            rng.range(800, 1_400)
+        };
+        let frame = floodwall_tests::frames::udp(src, payload);
+        let mut state = ModelState::default();
+        for (key, value) in kernel::read_sources(&fw.paths)? {
+            state.sources.insert(key, value);
+        }
+        for (slot, tat) in kernel::read_globals(&fw.paths)?.into_iter().enumerate() {
+            if let Some(s) = state.globals.get_mut(slot) {
+                *s = tat;
+            }
+        }
+        let t0 = mono_now_ns();
+        let verdict = fw.run(&frame)?;
+        let t1 = mono_now_ns();
+        let after = counters.read()?;
+        let (reason, dry) = counted(&before, &after)?;
+        before = after;
+        *seen.entry(reason).or_default() += 1;
+        let early = model::decide(&frame, &policy, &mut state.clone(), t0);
+        let late = model::decide(&frame, &policy, &mut state, t1);
+        let kernel = (verdict, reason);
+        if early == late {
+            judged += 1;
+            if kernel != early || dry {
+                mismatches.push(format!(
+                    "{src} at +{} ms: kernel {kernel:?} dry_run={dry}, model {early:?}",
+                    (t0 - start_ns) / 1_000_000
+                ));
+            }
+        } else {
+            on_edge += 1;
+            if kernel != early && kernel != late {
+                mismatches.push(format!(
+                    "{src} at +{} ms, on an edge: kernel {kernel:?}, model {early:?} or {late:?}",
+                    (t0 - start_ns) / 1_000_000
+                ));
+            }
+        }
+        if mismatches.len() >= 10 {
+            break;
+        }
+    }
+    ensure!(
+        mismatches.is_empty(),
+        "FLOODWALL_SEED={seed:#x}: kernel and model disagree:\n  {}",
+        mismatches.join("\n  ")
+    );
+    println!(
+        "time moving: {judged} frames judged, {on_edge} on an edge, in {:.2?}; reasons {seen:?}",
+        started.elapsed()
+    );
+    ensure!(judged >= 500, "only {judged} frames judged");
+    ensure!(
+        on_edge * 50 <= judged,
+        "{on_edge} of {} frames on an edge: the clock readings are too far apart to judge",
+        judged + on_edge
+    );
+    for r in [
+        Reason::Passed,
+        Reason::Allowlisted,
+        Reason::Blocklisted,
+        Reason::OverPps,
+        Reason::OverBps,
+        Reason::NewcomerLimited,
+        Reason::GlobalCap,
+    ] {
+        ensure!(
+            seen.get(&r).copied().unwrap_or(0) > 0,
+            "seed {seed:#x}: no frame counted under {r:?}: {seen:?}"
+        );
+    }
+    Ok(())
+}
