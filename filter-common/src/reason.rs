@@ -32,11 +32,15 @@ pub enum Reason {
     SynProven = 11,
     /// An ACK to a listener from a source without state whose cookie is not valid: dropped.
     SynBadCookie = 12,
+    /// A frame within its limits that lost the race for a shared bucket on every retry (other
+    /// CPUs kept updating it): dropped, since a frame is never passed unmetered, but not
+    /// counted against the source as over its limit.
+    Contended = 13,
 }
 
 impl Reason {
     /// Number of reasons; counters are indexed `0..COUNT`.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every reason, in counter order.
     pub const ALL: [Reason; Self::COUNT] = [
@@ -53,6 +57,7 @@ impl Reason {
         Reason::SynChallenged,
         Reason::SynProven,
         Reason::SynBadCookie,
+        Reason::Contended,
     ];
 
     /// The stable name used in `stats`, JSON and metrics labels.
@@ -71,6 +76,7 @@ impl Reason {
             Reason::SynChallenged => "syn_challenged",
             Reason::SynProven => "syn_proven",
             Reason::SynBadCookie => "syn_bad_cookie",
+            Reason::Contended => "contended",
         }
     }
 
@@ -95,6 +101,7 @@ impl Reason {
                 | Reason::GlobalCap
                 | Reason::Malformed
                 | Reason::SynBadCookie
+                | Reason::Contended
         )
     }
 }

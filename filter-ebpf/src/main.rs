@@ -151,6 +151,7 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
         None if frame.taken() & MALFORMED != 0 => Reason::Malformed,
         None => Reason::NonIp,
     };
+    let reason = limited(reason, &frame);
     let action = finish(cfg, slot, ifindex, reason, src.as_ref(), len, &mut frame);
     traced(&ctx, src.as_ref(), reason, action, len, ifindex)
 }
@@ -204,6 +205,7 @@ pub fn floodwall_syn(ctx: XdpContext) -> u32 {
         },
         reason => reason,
     };
+    let reason = limited(reason, &frame);
     let action = finish(cfg, slot, ifindex, reason, Some(&ip.src), len, &mut frame);
     traced(&ctx, Some(&ip.src), reason, action, len, ifindex)
 }
@@ -366,6 +368,8 @@ const TOOK_NEWCOMER: u64 = 2;
 const TOOK_ADMISSION: u64 = 4;
 /// Not a token: the parser called the frame malformed (its source may still be known).
 const MALFORMED: u64 = 8;
+/// Not a token: a bucket's retries ran out for this frame (see `Reason::Contended`).
+const CONTENDED: u64 = 16;
 
 /// The frame's time, read at most once and only on paths that need it, and the tokens it
 /// took. Kept in map memory rather than on the stack: the verifier then does not follow
@@ -753,15 +757,34 @@ fn has_budget(slot: u32, bucket: &Bucket, now: u64) -> bool {
     }
 }
 
-/// GCRA on one arrival time; contention that outlasts the retries counts as over the limit.
+/// GCRA on one arrival time. Contention that outlasts the retries takes no token, and is
+/// noted so that the frame is counted as contended (see [`limited`]) if it is dropped.
 #[inline(always)]
 fn take_ptr(tat: *mut u64, bucket: &Bucket, cost: u64, now: u64) -> bool {
     match sync::gcra_cas(tat, bucket, cost, now) {
         Some(ok) => ok,
         None => {
             bump(MISC_CAS_EXHAUSTED);
+            if let Some(notes) = FRAME.get_ptr_mut(0) {
+                // SAFETY: this CPU's own element, valid for this run.
+                unsafe { (*notes)[2] |= CONTENDED };
+            }
             false
         }
+    }
+}
+
+/// A limiter's drop of a frame that lost a bucket's race is the race's doing, not its
+/// source's: counted under its own reason.
+#[inline(always)]
+fn limited(reason: Reason, frame: &Frame) -> Reason {
+    match reason {
+        Reason::OverPps | Reason::OverBps | Reason::NewcomerLimited | Reason::GlobalCap
+            if frame.taken() & CONTENDED != 0 =>
+        {
+            Reason::Contended
+        }
+        reason => reason,
     }
 }
 

@@ -8,7 +8,7 @@ use filter_common::{Bucket, gcra};
 
 /// Attempts before a contended bucket gives up. Each failure means another CPU just took a
 /// token from the same bucket, so a source still failing here is sending very fast.
-const CAS_ATTEMPTS: usize = 4;
+const CAS_ATTEMPTS: usize = 8;
 
 /// One GCRA step on `*tat`. `Some(true)`: the frame conforms and its cost is taken;
 /// `Some(false)`: over the limit (state untouched); `None`: contention outlasted the retries.

@@ -89,7 +89,8 @@ pub mod math {
             | Reason::NewcomerLimited
             | Reason::GlobalCap
             | Reason::Malformed
-            | Reason::SynBadCookie => true,
+            | Reason::SynBadCookie
+            | Reason::Contended => true,
             Reason::Passed
             | Reason::NonIp
             | Reason::Allowlisted

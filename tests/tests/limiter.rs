@@ -164,3 +164,43 @@ fn known_sources_keep_their_budget_during_a_spoofed_flood() -> Result<()> {
     assert!(delta(Reason::NewcomerLimited) > flood_sent / 2);
     Ok(())
 }
+
+/// One source far under its limit, from every CPU at once: its bucket's compare-and-swap is
+/// contended on every frame, and none may be dropped as over its limit. When the retries run
+/// out the frame is counted as `contended`, its own reason, and that must stay rare.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn contention_is_never_counted_as_over_the_limit() -> Result<()> {
+    let fw = Loaded::new()?;
+    fw.set_limits(&Limits {
+        pps: 1_000_000_000,
+        burst: 1_000_000_000,
+        ..Limits::default()
+    })?;
+    let frame = udp(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)), 64);
+    let workers = cpus().max(2);
+    fw.run_from_cpus(&frame, workers, Duration::from_secs(5))?;
+    let counters = fw.counters()?;
+    let misc = kernel::read_misc(&fw.paths)?;
+    let exhausted = misc[filter_common::MISC_CAS_EXHAUSTED as usize];
+    let (passed, over) = (counters[&Reason::Passed], counters[&Reason::OverPps]);
+    let contended = counters[&Reason::Contended];
+    println!(
+        "{workers} CPUs: passed {passed}, over_pps {over}, contended {contended}, retries \
+         exhausted {exhausted}"
+    );
+    assert_eq!(
+        over, 0,
+        "{over} frames far under their limit were counted as over it (retries exhausted \
+         {exhausted} times)"
+    );
+    assert_eq!(
+        contended, exhausted,
+        "every exhausted retry is one contended frame"
+    );
+    assert!(
+        contended * 100_000 <= passed,
+        "{contended} of {passed} frames ran out of retries"
+    );
+    Ok(())
+}
