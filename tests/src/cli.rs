@@ -266,7 +266,9 @@ impl<'a> Floodwall<'a> {
     }
 
     /// Runs `floodwall ARGS...`, fails unless it exits 0, and returns its stdout and its peak
-    /// resident memory in KiB (from `wait4`: `ip netns exec` execs floodwall in its place).
+    /// resident memory in KiB: the `VmHWM` of its process, sampled every millisecond while it
+    /// runs as floodwall (`ip netns exec` execs it in its place). Not `wait4`'s `ru_maxrss`:
+    /// that also counts the memory of this process, which the child was forked from.
     pub fn ok_with_peak_rss(&self, args: &[&str]) -> anyhow::Result<(String, u64)> {
         let mut child = self
             .command(args)
@@ -281,32 +283,40 @@ impl<'a> Floodwall<'a> {
             }
             text
         });
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let pid = child.id() as libc::pid_t;
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            // SAFETY: valid out-pointers; `pid` is our child, not yet reaped.
-            match unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) } {
-                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                0 => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!("floodwall {args:?} still running after {COMMAND_TIMEOUT:?}: killed");
-                }
-                p if p == pid => break,
-                _ => bail!(
-                    "waiting for floodwall {args:?}: {}",
-                    std::io::Error::last_os_error()
-                ),
+        let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+        let high_water = || -> Option<u64> {
+            if std::fs::read_link(proc_dir.join("exe")).ok()? != self.bin {
+                return None;
             }
-        }
+            let status = std::fs::read_to_string(proc_dir.join("status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        };
+        let mut peak = 0;
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let status = loop {
+            if let Some(kib) = high_water() {
+                peak = peak.max(kib);
+            }
+            if let Some(status) = child.try_wait().context("waiting for floodwall")? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("floodwall {args:?} still running after {COMMAND_TIMEOUT:?}: killed");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
         let stdout = reader.join().unwrap_or_default();
-        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-            bail!("floodwall {args:?} failed (wait status {status}): {stdout}");
+        if !status.success() {
+            bail!("floodwall {args:?} failed ({status}): {stdout}");
         }
-        Ok((stdout, usage.ru_maxrss as u64))
+        anyhow::ensure!(
+            peak > 0,
+            "floodwall {args:?} ended before its memory could be read once"
+        );
+        Ok((stdout, peak))
     }
 
     /// Runs `floodwall ARGS...`, fails unless it exits with `code`, and returns its stderr.

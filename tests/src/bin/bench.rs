@@ -1062,9 +1062,16 @@ fn accuracy(mode: &Mode) -> Result<Accuracy> {
 struct Control {
     entries: u32,
     floodwall: Duration,
+    /// Peak resident memory of the import, KiB.
+    import_rss_kib: u64,
     floodwall_out: String,
     nft: Duration,
+    /// Commands run with every entry stored: (command, median time, peak resident KiB).
+    with_store: Vec<(String, Duration, u64)>,
 }
+
+/// Runs of each command with the store full; the median is reported.
+const STORED_RUNS: usize = 5;
 
 impl Control {
     fn table(&self) -> String {
@@ -1077,6 +1084,21 @@ impl Control {
             self.floodwall.as_secs_f64() / self.nft.as_secs_f64().max(1e-9),
             self.nft.as_secs_f64(),
             f64::from(self.entries) / self.nft.as_secs_f64().max(1e-9),
+            n = self.entries,
+        ) + &format!(
+            "\nPeak resident memory of the import: {:.0} MB.\n\n\
+             With all {n} entries stored (program attached), median of {STORED_RUNS} runs of \
+             the real binary each (the time includes starting the process in the namespace):\n\n\
+             | command | ms | peak resident MB |\n|---|---:|---:|\n{}",
+            self.import_rss_kib as f64 / 1024.0,
+            self.with_store
+                .iter()
+                .map(|(cmd, t, kib)| format!(
+                    "| `floodwall {cmd}` | {:.1} | {:.1} |\n",
+                    t.as_secs_f64() * 1e3,
+                    *kib as f64 / 1024.0
+                ))
+                .collect::<String>(),
             n = self.entries,
         )
     }
@@ -1118,7 +1140,7 @@ fn control_plane(mode: &Mode) -> Result<Control> {
     fw.ok(&["attach", veth.a_name()])?;
     let path = list.0.to_string_lossy().into_owned();
     let started = Instant::now();
-    let fw_out = fw.ok(&["block", "import", &path])?;
+    let (fw_out, import_rss_kib) = fw.ok_with_peak_rss(&["block", "import", &path])?;
     let floodwall = started.elapsed();
     eprintln!(
         "control plane: floodwall block import: {floodwall:.2?}: {}",
@@ -1128,6 +1150,45 @@ fn control_plane(mode: &Mode) -> Result<Control> {
         fw_out.contains(&format!("imported {n} entries")),
         "unexpected import output: {fw_out}"
     );
+    let mut with_store = Vec::new();
+    let commands: [&[&str]; 6] = [
+        &["block", "add", "192.0.2.77"],
+        &["block", "del", "192.0.2.77"],
+        &["limit", "set", "--pps", "RATE"],
+        &["block", "list", "--json"],
+        &["block", "list", "--contains", "100.64.0.9"],
+        &["status"],
+    ];
+    for (i, args) in commands.iter().enumerate() {
+        let mut times = Vec::new();
+        let mut peak = 0;
+        for run in 0..STORED_RUNS {
+            // A different rate each run, so every `limit set` changes the config.
+            let rate = (1_000 + 10 * i + run).to_string();
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| if *a == "RATE" { rate.as_str() } else { a })
+                .collect();
+            // `add` and `del` each run against the same stored entries: the entry is taken
+            // out after each measured add, and put in before each measured del.
+            if args.starts_with(&["block", "del"]) {
+                fw.ok(&["block", "add", "192.0.2.77"])?;
+            }
+            let started = Instant::now();
+            let (_, kib) = fw.ok_with_peak_rss(&args)?;
+            times.push(started.elapsed().as_nanos() as u64);
+            peak = peak.max(kib);
+            if args.starts_with(&["block", "add"]) {
+                fw.ok(&["block", "del", "192.0.2.77"])?;
+            }
+        }
+        let line = args.join(" ").replace("RATE", "N");
+        eprintln!(
+            "control plane: {line}: {:?} median",
+            Duration::from_nanos(median(&times))
+        );
+        with_store.push((line, Duration::from_nanos(median(&times)), peak));
+    }
     drop(fw);
 
     let mut rules = String::with_capacity(n as usize * 18);
@@ -1159,8 +1220,10 @@ fn control_plane(mode: &Mode) -> Result<Control> {
     Ok(Control {
         entries: n,
         floodwall,
+        import_rss_kib,
         floodwall_out: fw_out.trim().to_owned(),
         nft,
+        with_store,
     })
 }
 
@@ -1351,6 +1414,12 @@ fn write_json(root: &Path, r: &Report<'_>) -> Result<()> {
         "control_plane": {
             "entries": c.entries,
             "floodwall_block_import_s": c.floodwall.as_secs_f64(),
+            "floodwall_block_import_peak_rss_kib": c.import_rss_kib,
+            "with_all_stored": c.with_store.iter().map(|(cmd, t, kib)| json!({
+                "command": cmd,
+                "median_ms": t.as_secs_f64() * 1e3,
+                "peak_rss_kib": kib,
+            })).collect::<Vec<_>>(),
             "floodwall_output": c.floodwall_out,
             "nft_f_s": c.nft.as_secs_f64(),
             "ratio_floodwall_to_nft": c.floodwall.as_secs_f64() / c.nft.as_secs_f64().max(1e-9),
