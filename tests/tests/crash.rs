@@ -155,10 +155,15 @@ fn sigkill_during_import_loses_nothing_and_leaves_nothing_half_done() -> Result<
 /// The kernel's live per-source packet rate, read directly from the pinned config (no
 /// floodwall command, so no recovery runs first).
 fn raw_kernel_pps(fw: &Floodwall<'_>) -> Result<u64> {
+    // The record the frames read: the one `CONFIG_ACTIVE` names.
+    let data = MapData::from_pin(fw.pin_dir().join(filter_common::MAP_CONFIG_ACTIVE))?;
+    let active: aya::maps::Array<MapData, u32> =
+        aya::maps::Array::try_from(Map::from_map_data(data)?)?;
+    let slot = active.get(&0, 0)? % filter_common::CONFIG_SLOTS;
     let data = MapData::from_pin(fw.pin_dir().join(filter_common::MAP_CONFIG))?;
     let config: aya::maps::Array<MapData, filter_common::Config> =
         aya::maps::Array::try_from(Map::from_map_data(data)?)?;
-    Ok(config.get(&0, 0)?.source_pkt.rate(false))
+    Ok(config.get(&slot, 0)?.source_pkt.rate(false))
 }
 
 /// `limit set` killed at any point never leaves the kernel on limits the store does not
