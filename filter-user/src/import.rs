@@ -124,6 +124,7 @@ fn apply(
     options: &ImportOptions<'_>,
     progress: &dyn Fn(u64),
 ) -> Result<ImportOutcome, ImportFailure> {
+    let own = lists::own_addresses();
     let now = unix_now();
     let (unow, mnow) = (unix_now_ns(), lists::mono_now_ns());
     // Rounded up to the next whole second: an entry never expires before its TTL.
@@ -147,7 +148,12 @@ fn apply(
     loop {
         batch.clear();
         for cidr in lines.by_ref().take(BATCH) {
-            batch.push(cidr?);
+            let cidr = cidr?;
+            // Again, as on the first read: the file may have been rewritten in between.
+            if kind == ListKind::Block {
+                lists::check_lockout_with(&[cidr], options.force, &own)?;
+            }
+            batch.push(cidr);
         }
         if batch.is_empty() {
             break;
