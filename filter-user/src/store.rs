@@ -216,24 +216,12 @@ impl Store {
         now: u64,
         mut f: impl FnMut(Record) -> std::io::Result<()>,
     ) -> Result<(), StateError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT * FROM entries WHERE list = ?1 AND (expires_at IS NULL OR expires_at > ?2) \
-                 ORDER BY family, addr, prefix",
-            )
-            .map_err(|e| self.db_error(e))?;
-        let mut rows = stmt
-            .query(params![list_id(kind), now as i64])
-            .map_err(|e| self.db_error(e))?;
-        while let Some(row) = rows.next().map_err(|e| self.db_error(e))? {
-            let r = record(row).map_err(|e| self.db_error(e))?;
+        self.each_live(kind, now, |r| {
             f(r).map_err(|source| StateError::Write {
                 path: PathBuf::from("-"),
                 source,
-            })?;
-        }
-        Ok(())
+            })
+        })
     }
 
     /// Calls `f` with the entries of `kind` in force at `now`, `batch` at a time, in address
@@ -245,6 +233,28 @@ impl Store {
         batch: usize,
         mut f: impl FnMut(&[Record]) -> Result<(), E>,
     ) -> Result<(), E> {
+        let mut held = Vec::with_capacity(batch);
+        self.each_live(kind, now, |r| -> Result<(), E> {
+            held.push(r);
+            if held.len() == batch {
+                f(&held)?;
+                held.clear();
+            }
+            Ok(())
+        })?;
+        if !held.is_empty() {
+            f(&held)?;
+        }
+        Ok(())
+    }
+
+    /// The one query behind both: each live entry of `kind`, in address order.
+    fn each_live<E: From<StateError>>(
+        &self,
+        kind: ListKind,
+        now: u64,
+        mut f: impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -255,16 +265,8 @@ impl Store {
         let mut rows = stmt
             .query(params![list_id(kind), now as i64])
             .map_err(|e| self.db_error(e))?;
-        let mut held = Vec::with_capacity(batch);
         while let Some(row) = rows.next().map_err(|e| self.db_error(e))? {
-            held.push(record(row).map_err(|e| self.db_error(e))?);
-            if held.len() == batch {
-                f(&held)?;
-                held.clear();
-            }
-        }
-        if !held.is_empty() {
-            f(&held)?;
+            f(record(row).map_err(|e| self.db_error(e))?)?;
         }
         Ok(())
     }
