@@ -2,8 +2,11 @@
 //! arrival time" per bucket, so the kernel updates it with a single compare-and-swap and the
 //! limit is exact whatever CPU a packet arrives on.
 //!
-//! Times are nanoseconds of `bpf_ktime_get_ns` (CLOCK_MONOTONIC). A bucket allows `burst`
-//! units at once from idle and `rate` units per second after that.
+//! Times are nanoseconds of the filter's clock, `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at
+//! tick resolution, half the cost of the precise clock). A bucket allows `burst` units at once
+//! from idle and `rate` units per second after that. With a clock that moves a tick at a time
+//! the long-run rate stays exact as long as the burst covers one tick of rate (`tau` at least
+//! a tick): the controller refuses smaller bursts.
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 

@@ -18,6 +18,8 @@ pub const MAP_GLOBALS: &str = "GLOBALS";
 pub const MAP_SOURCES: &str = "SOURCES";
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_EVENT_SEEN: &str = "EVENT_SEEN";
+/// Per CPU: over-limit drops of one source not yet added to its shared count.
+pub const MAP_PENDING_DROPS: &str = "PENDING_DROPS";
 pub const MAP_SYN_ACTIVE: &str = "SYN_ACTIVE";
 pub const MAP_PROGRAMS: &str = "PROGRAMS";
 /// The SYN challenge's program and its slot in `PROGRAMS`.
@@ -92,7 +94,7 @@ pub const LIST_BLOCK4_NET: u32 = 1 << 5;
 pub const LIST_BLOCK6_HOST: u32 = 1 << 6;
 pub const LIST_BLOCK6_NET: u32 = 1 << 7;
 
-/// Slots of the `GLOBALS` array: one GCRA arrival time each.
+/// Slots of the `GLOBALS` array: one [`GlobalBucket`] each.
 pub const GLOBAL_ADMISSION: u32 = 0;
 pub const GLOBAL_NEWCOMER: u32 = 1;
 pub const GLOBAL_PKT: u32 = 2;
@@ -212,7 +214,7 @@ impl Config {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListEntry {
-    /// Expiry in `bpf_ktime_get_ns` time; 0 never expires.
+    /// Expiry in the filter's clock (CLOCK_MONOTONIC at tick resolution); 0 never expires.
     pub expires_ns: u64,
     /// The entry's own prefix length, so that when a prefix-trie match has expired the kernel
     /// can look for a shorter prefix that still covers the address.
@@ -240,6 +242,36 @@ pub struct SourceKey {
 }
 const _: () = assert!(size_of::<SourceKey>() == 20);
 
+/// One global bucket's GCRA arrival time, alone in its cache line: a frame that takes a
+/// token from one bucket must not take the line of another away from the CPUs reading it.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalBucket {
+    pub tat: u64,
+    pub _pad: [u64; 7],
+}
+const _: () = assert!(size_of::<GlobalBucket>() == 64);
+
+/// How long a CPU may hold a source's over-limit drops before adding them to the source's
+/// shared `SourceState::dropped`. One add per CPU per second instead of one per dropped
+/// frame: the shared line does not move between CPUs while a flood is dropped.
+pub const PENDING_DROPS_NS: u64 = 1_000_000_000;
+
+/// One CPU's over-limit drops of `key` that are not in `SourceState::dropped` yet (the
+/// element of the per-CPU `PENDING_DROPS` array). Readers add `count` to the source's
+/// `dropped`; the kernel adds it when the CPU drops another source, or after
+/// [`PENDING_DROPS_NS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingDrops {
+    pub key: SourceKey,
+    pub _pad: u32,
+    pub count: u64,
+    /// When the CPU last added its count to the source's state (filter clock).
+    pub since_ns: u64,
+}
+const _: () = assert!(size_of::<PendingDrops>() == 40);
+
 /// Per-source state, updated lock-free by compare-and-swap and atomic adds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -249,6 +281,7 @@ pub struct SourceState {
     /// GCRA arrival time of the byte bucket.
     pub tat_byte: u64,
     pub passed: u64,
+    /// Over-limit drops, without those CPUs still hold in `PENDING_DROPS`.
     pub dropped: u64,
     /// Valid SYN cookies this source returned while it had no state (each one admitted it).
     pub proven: u64,
@@ -357,6 +390,8 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for TraceConfig {}
     unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for GlobalBucket {}
+    unsafe impl aya::Pod for PendingDrops {}
 }
 
 #[cfg(test)]

@@ -27,12 +27,13 @@ use filter_common::{
     Bucket, CONFIG_SLOTS, COUNTER_ENTRIES, COUNTER_SLOTS, Config, Counter, DEFAULT_HOST_ENTRIES,
     DEFAULT_NET_ENTRIES, DEFAULT_SOURCES, DropEvent, EVENT_RING_BYTES, EVENT_SEEN_ENTRIES,
     FAMILY_V4, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_EVENTS, GLOBAL_NEWCOMER, GLOBAL_PKT,
-    GLOBAL_SLOTS, GLOBAL_TRACE, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST,
-    LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET,
-    ListEntry, MISC_ADMITTED, MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT,
-    MISC_EVENTS_SUPPRESSED, MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, MISC_SYN_HANDOVER_FAILED,
-    MISC_TRACE_SUPPRESSED, PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE, PROGRAM_SLOTS, Reason, SourceKey,
-    SourceState, TraceConfig, TraceRecord, byte_cost, counter_index, mask_prefix, syn::PROTO_TCP,
+    GLOBAL_SLOTS, GLOBAL_TRACE, GlobalBucket, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET,
+    LIST_ALLOW6_HOST, LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST,
+    LIST_BLOCK6_NET, ListEntry, MISC_ADMITTED, MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL,
+    MISC_EVENTS_SENT, MISC_EVENTS_SUPPRESSED, MISC_SLOTS, MISC_SOURCE_INSERT_FAILED,
+    MISC_SYN_HANDOVER_FAILED, MISC_TRACE_SUPPRESSED, PENDING_DROPS_NS, PROGRAM_SLOT_SYN,
+    PROGRAM_SLOT_TRACE, PROGRAM_SLOTS, PendingDrops, Reason, SourceKey, SourceState, TraceConfig,
+    TraceRecord, byte_cost, counter_index, mask_prefix, syn::PROTO_TCP,
 };
 
 use crate::{
@@ -57,7 +58,7 @@ static SLOT_IFACES: Array<u32> = Array::pinned(COUNTER_SLOTS, 0);
 #[map]
 static MISC: PerCpuArray<u64> = PerCpuArray::pinned(MISC_SLOTS, 0);
 #[map]
-static GLOBALS: Array<u64> = Array::pinned(GLOBAL_SLOTS, 0);
+static GLOBALS: Array<GlobalBucket> = Array::pinned(GLOBAL_SLOTS, 0);
 // Per-CPU LRU lists: a common list serialises every insert behind one lock (measured 808 vs
 // 489 ns per frame under a random-source flood).
 #[map]
@@ -67,6 +68,18 @@ static SOURCES: LruHashMap<SourceKey, SourceState> =
 static EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
 #[map]
 static EVENT_SEEN: LruHashMap<SourceKey, u64> = LruHashMap::pinned(EVENT_SEEN_ENTRIES, 0);
+/// Per CPU: the source this CPU last found reported, and when it was, so that a flood from
+/// one source is suppressed without a hash lookup per frame.
+#[map]
+static LAST_EVENT: PerCpuArray<LastEvent> = PerCpuArray::with_max_entries(1, 0);
+/// Per CPU: the key of the source the frame being decided belongs to. In map memory rather
+/// than on the stack: a stack key still read at the end of the decision (to hold its drops)
+/// stays live through every check before, which multiplied the verifier's work.
+#[map]
+static FRAME_KEY: PerCpuArray<SourceKey> = PerCpuArray::with_max_entries(1, 0);
+/// Per CPU: over-limit drops of one source not yet added to its shared state.
+#[map]
+static PENDING_DROPS: PerCpuArray<PendingDrops> = PerCpuArray::pinned(1, 0);
 /// Non-zero while `floodwall run` has switched an `auto` SYN challenge on. Apart from the
 /// config record, so that `limit set` and the service never overwrite each other.
 #[map]
@@ -293,15 +306,10 @@ pub fn floodwall_trace(ctx: XdpContext) -> u32 {
 /// gets state at once, outside the admission and newcomer buckets, and its own limits apply.
 #[inline(always)]
 fn vouched(cfg: &Config, src: &SourceKey, len: u64, frame: &mut Frame, proven: bool) -> Reason {
-    let key = source_key(cfg, src);
-    if SOURCES
-        .insert(&key, &SourceState::default(), BPF_NOEXIST as u64)
-        .is_ok()
-    {
-        bump(MISC_ADMITTED);
-    }
-    let Some(state) = SOURCES.get_ptr_mut(&key) else {
-        bump(MISC_SOURCE_INSERT_FAILED);
+    let Some(key) = frame_key(cfg, src) else {
+        return Reason::NewcomerLimited;
+    };
+    let Some(state) = admit(key) else {
         return Reason::NewcomerLimited;
     };
     if proven {
@@ -309,7 +317,7 @@ fn vouched(cfg: &Config, src: &SourceKey, len: u64, frame: &mut Frame, proven: b
         atomic_add(unsafe { &mut (*state).proven }, 1);
     }
     let reason = if cfg.limits_sources() {
-        charge(cfg, state, len, frame)
+        charge(cfg, key, state, len, frame)
     } else {
         Reason::Passed
     };
@@ -356,11 +364,10 @@ fn finish(
     xdp_action::XDP_DROP
 }
 
-/// This CPU's notes on the frame being decided: `[precise time, coarse time, TOOK_* and
-/// MALFORMED bits]`,
-/// 0 until set.
+/// This CPU's notes on the frame being decided: `[time, TOOK_* and other note bits]`, 0
+/// until set.
 #[map]
-static FRAME: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+static FRAME: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tokens a frame took before the global caps, given back if a cap drops it.
 const TOOK_SOURCE: u64 = 1;
@@ -376,7 +383,7 @@ const CONTENDED: u64 = 16;
 /// "read yet or not" and "took this or that" as kinds of state through every later check,
 /// which multiplied the program's verification cost past the kernel's budget.
 struct Frame {
-    cache: *mut [u64; 3],
+    cache: *mut [u64; 2],
 }
 
 impl Frame {
@@ -385,7 +392,7 @@ impl Frame {
     fn new() -> Option<Frame> {
         let cache = FRAME.get_ptr_mut(0)?;
         // SAFETY: this CPU's own element, valid for this run.
-        unsafe { *cache = [0, 0, 0] };
+        unsafe { *cache = [0, 0] };
         Some(Frame { cache })
     }
 
@@ -394,18 +401,21 @@ impl Frame {
     fn took(&mut self, bits: u64) {
         // SAFETY: as in `now`.
         unsafe {
-            let old = core::ptr::read_volatile(&(*self.cache)[2]);
-            core::ptr::write_volatile(&mut (*self.cache)[2], old | bits);
+            let old = core::ptr::read_volatile(&(*self.cache)[1]);
+            core::ptr::write_volatile(&mut (*self.cache)[1], old | bits);
         }
     }
 
     #[inline(always)]
     fn taken(&self) -> u64 {
         // SAFETY: as in `now`.
-        unsafe { core::ptr::read_volatile(&(*self.cache)[2]) }
+        unsafe { core::ptr::read_volatile(&(*self.cache)[1]) }
     }
 
-    /// `bpf_ktime_get_ns`: what the limiter and list expiry use.
+    /// The filter's clock, `bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC at tick resolution, for
+    /// the limiter, list expiry and event sampling. Half the cost of the precise clock; GCRA
+    /// keeps its long-run rate exactly with it because every burst covers a tick (see
+    /// `filter_common::limiter`), and an entry expires at most one tick late.
     #[inline(always)]
     fn now(&mut self) -> u64 {
         // SAFETY: this CPU's own element (see `new`); only this program run touches it.
@@ -414,27 +424,8 @@ impl Frame {
             if cached != 0 {
                 return cached;
             }
-            let now = bpf_ktime_get_ns();
-            core::ptr::write_volatile(&mut (*self.cache)[0], now);
-            now
-        }
-    }
-
-    /// The same frame at tick resolution, at half the cost: enough for event sampling.
-    #[inline(always)]
-    fn coarse(&mut self) -> u64 {
-        // SAFETY: as in `now`.
-        unsafe {
-            let precise = core::ptr::read_volatile(&(*self.cache)[0]);
-            if precise != 0 {
-                return precise;
-            }
-            let cached = core::ptr::read_volatile(&(*self.cache)[1]);
-            if cached != 0 {
-                return cached;
-            }
             let now = bpf_ktime_get_coarse_ns();
-            core::ptr::write_volatile(&mut (*self.cache)[1], now);
+            core::ptr::write_volatile(&mut (*self.cache)[0], now);
             now
         }
     }
@@ -534,9 +525,9 @@ fn global_caps(cfg: &Config, len: u64, frame: &mut Frame) -> Reason {
 /// Gives a token back to global bucket `slot`: the frame that took it was dropped later.
 #[inline(always)]
 fn refund(slot: u32, cost: u64) {
-    if let Some(tat) = GLOBALS.get_ptr_mut(slot) {
+    if let Some(bucket) = GLOBALS.get_ptr_mut(slot) {
         // SAFETY: a map value valid for this run, updated atomically.
-        atomic_add(unsafe { &mut *tat }, cost.wrapping_neg());
+        atomic_add(unsafe { &mut (*bucket).tat }, cost.wrapping_neg());
     }
 }
 
@@ -626,6 +617,18 @@ fn listed(
     false
 }
 
+/// The source's key, written into this CPU's `FRAME_KEY`; `None` only if the per-CPU array
+/// is missing its element.
+#[inline(always)]
+fn frame_key(cfg: &Config, src: &SourceKey) -> Option<&'static SourceKey> {
+    let key = FRAME_KEY.get_ptr_mut(0)?;
+    // SAFETY: this CPU's own element, valid for this run.
+    unsafe {
+        *key = source_key(cfg, src);
+        Some(&*key)
+    }
+}
+
 /// The source's key: its address masked to the configured prefix.
 #[inline(always)]
 fn source_key(cfg: &Config, src: &SourceKey) -> SourceKey {
@@ -651,9 +654,11 @@ fn limit_source(
     len: u64,
     frame: &mut Frame,
 ) -> Reason {
-    let key = source_key(cfg, src);
+    let Some(key) = frame_key(cfg, src) else {
+        return Reason::NewcomerLimited;
+    };
     let now = frame.now();
-    let state = match SOURCES.get_ptr_mut(&key) {
+    let state = match SOURCES.get_ptr_mut(key) {
         Some(state) => state,
         None => {
             // A malformed frame has no transport header the challenge could answer.
@@ -681,30 +686,45 @@ fn limit_source(
                 }
                 frame.took(TOOK_ADMISSION);
             }
-            if SOURCES
-                .insert(&key, &SourceState::default(), BPF_NOEXIST as u64)
-                .is_ok()
-            {
-                bump(MISC_ADMITTED);
-            }
-            // Another CPU may have inserted it first; either way it exists now unless the
-            // map refused (then the source is limited as a newcomer: never fail open).
-            let Some(state) = SOURCES.get_ptr_mut(&key) else {
-                bump(MISC_SOURCE_INSERT_FAILED);
+            // The map refusing leaves the source limited as a newcomer: never fail open.
+            let Some(state) = admit(key) else {
                 return Reason::NewcomerLimited;
             };
-            return charge(cfg, state, len, frame);
+            return charge(cfg, key, state, len, frame);
         }
     };
     if !cfg.limits_sources() {
         return Reason::Passed;
     }
-    charge(cfg, state, len, frame)
+    charge(cfg, key, state, len, frame)
+}
+
+/// Gives the source `key` state of its own and returns it. Another CPU may have inserted it
+/// first; either way it exists after this unless the map refused.
+#[inline(always)]
+fn admit(key: &SourceKey) -> Option<*mut SourceState> {
+    if SOURCES
+        .insert(key, &SourceState::default(), BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        bump(MISC_ADMITTED);
+    }
+    let state = SOURCES.get_ptr_mut(key);
+    if state.is_none() {
+        bump(MISC_SOURCE_INSERT_FAILED);
+    }
+    state
 }
 
 /// Takes the frame's cost from a source's packet and byte buckets.
 #[inline(always)]
-fn charge(cfg: &Config, state: *mut SourceState, len: u64, frame: &mut Frame) -> Reason {
+fn charge(
+    cfg: &Config,
+    key: &SourceKey,
+    state: *mut SourceState,
+    len: u64,
+    frame: &mut Frame,
+) -> Reason {
     let now = frame.now();
     // SAFETY: `state` points into a map value that stays valid for this program run;
     // every field shared between CPUs is read and written atomically.
@@ -731,7 +751,7 @@ fn charge(cfg: &Config, state: *mut SourceState, len: u64, frame: &mut Frame) ->
         }
     }
     if reason != Reason::Passed {
-        atomic_add(&mut state.dropped, 1);
+        count_drop(key, state, now);
         return reason;
     }
     atomic_add(&mut state.passed, 1);
@@ -739,11 +759,58 @@ fn charge(cfg: &Config, state: *mut SourceState, len: u64, frame: &mut Frame) ->
     Reason::Passed
 }
 
+/// Counts an over-limit drop of the source `key` (in `FRAME_KEY`), whose state is `state`. The count is held per CPU and added to the shared
+/// state when this CPU drops another source or has held it for `PENDING_DROPS_NS`, so a
+/// flood being dropped writes the source's shared cache line about once a second per CPU,
+/// not once per frame. Readers (`top`, bans) add what the CPUs hold.
+#[inline(always)]
+fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64) {
+    let Some(pending) = PENDING_DROPS.get_ptr_mut(0) else {
+        atomic_add(&mut state.dropped, 1);
+        return;
+    };
+    // SAFETY: this CPU's own element, valid for this run.
+    let pending = unsafe { &mut *pending };
+    if (pending.count != 0) & same_source(&pending.key, key) {
+        pending.count += 1;
+        if now.wrapping_sub(pending.since_ns) < PENDING_DROPS_NS {
+            return;
+        }
+        atomic_add(&mut state.dropped, pending.count);
+        pending.count = 0;
+        pending.since_ns = now;
+        return;
+    }
+    // A count of 0 has nothing to add, and the key (zeroes at first) may be any source.
+    if let Some(held) = SOURCES.get_ptr_mut(&pending.key) {
+        // SAFETY: a map value valid for this run, updated atomically.
+        atomic_add(unsafe { &mut (*held).dropped }, pending.count);
+    }
+    pending.key = *key;
+    pending.count = 1;
+    pending.since_ns = now;
+}
+
+/// Key equality without a branch per word: a derived `==` may become a `memcmp` call, which
+/// BPF has not, and every branch here would multiply the paths the verifier walks.
+#[inline(always)]
+fn same_source(a: &SourceKey, b: &SourceKey) -> bool {
+    // SAFETY: `addr` sits at offset 4 of a 4-aligned struct: four aligned u32s.
+    let (x, y) = unsafe {
+        (
+            core::ptr::read(a.addr.as_ptr().cast::<[u32; 4]>()),
+            core::ptr::read(b.addr.as_ptr().cast::<[u32; 4]>()),
+        )
+    };
+    ((a.family ^ b.family) | (x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0
+}
+
 /// GCRA on slot `slot` of the global buckets.
 #[inline(always)]
 fn take(slot: u32, bucket: &Bucket, cost: u64, now: u64) -> bool {
     match GLOBALS.get_ptr_mut(slot) {
-        Some(tat) => take_ptr(tat, bucket, cost, now),
+        // SAFETY: a map value valid for this run; only its address is taken here.
+        Some(global) => take_ptr(unsafe { &raw mut (*global).tat }, bucket, cost, now),
         None => false,
     }
 }
@@ -752,7 +819,7 @@ fn take(slot: u32, bucket: &Bucket, cost: u64, now: u64) -> bool {
 #[inline(always)]
 fn has_budget(slot: u32, bucket: &Bucket, now: u64) -> bool {
     match GLOBALS.get(slot) {
-        Some(tat) => filter_common::gcra(*tat, now, bucket.cost, bucket.tau).is_some(),
+        Some(global) => filter_common::gcra(global.tat, now, bucket.cost, bucket.tau).is_some(),
         None => false,
     }
 }
@@ -767,7 +834,7 @@ fn take_ptr(tat: *mut u64, bucket: &Bucket, cost: u64, now: u64) -> bool {
             bump(MISC_CAS_EXHAUSTED);
             if let Some(notes) = FRAME.get_ptr_mut(0) {
                 // SAFETY: this CPU's own element, valid for this run.
-                unsafe { (*notes)[2] |= CONTENDED };
+                unsafe { (*notes)[1] |= CONTENDED };
             }
             false
         }
@@ -795,7 +862,7 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
     if !cfg.events.enabled() {
         return;
     }
-    let now = frame.coarse();
+    let now = frame.now();
     // A read of the global budget first: when it is spent (as in any flood) nothing more is
     // done. Then the source's own interval, and only then is a token taken, so a flood from
     // one source cannot spend the budget that the first drops of other sources need.
@@ -803,10 +870,21 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
         bump(MISC_EVENTS_SUPPRESSED);
         return;
     }
+    let recent = LAST_EVENT.get_ptr_mut(0);
+    if let Some(recent) = recent {
+        // SAFETY: this CPU's own element, valid for this run.
+        let recent = unsafe { &*recent };
+        if same_source(&recent.src, src) && now.wrapping_sub(recent.at_ns) < cfg.event_interval_ns {
+            bump(MISC_EVENTS_SUPPRESSED);
+            return;
+        }
+    }
     let seen = EVENT_SEEN.get_ptr_mut(src);
     if let Some(last) = seen {
         // SAFETY: a map value valid for this run.
-        if now.wrapping_sub(unsafe { *last }) < cfg.event_interval_ns {
+        let at_ns = unsafe { *last };
+        if now.wrapping_sub(at_ns) < cfg.event_interval_ns {
+            remember_event(recent, src, at_ns);
             bump(MISC_EVENTS_SUPPRESSED);
             return;
         }
@@ -823,6 +901,7 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
             let _ = EVENT_SEEN.insert(src, &now, 0);
         }
     }
+    remember_event(recent, src, now);
     let event = DropEvent {
         ts_ns: now,
         ifindex,
@@ -835,6 +914,26 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
         bump(MISC_EVENTS_SENT);
     } else {
         bump(MISC_EVENTS_RING_FULL);
+    }
+}
+
+/// The source a CPU last found reported (see `LAST_EVENT`). Family 0 at first: no source.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LastEvent {
+    src: SourceKey,
+    _pad: u32,
+    at_ns: u64,
+}
+
+#[inline(always)]
+fn remember_event(recent: Option<*mut LastEvent>, src: &SourceKey, at_ns: u64) {
+    if let Some(recent) = recent {
+        // SAFETY: this CPU's own element, valid for this run.
+        unsafe {
+            (*recent).src = *src;
+            (*recent).at_ns = at_ns;
+        }
     }
 }
 

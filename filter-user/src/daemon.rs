@@ -197,7 +197,7 @@ async fn serve(
         tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
     }
     .map_err(|e| DaemonError::Events(std::io::Error::other(e.to_string())))?;
-    let sources = kernel::open_sources(paths)?;
+    let sources = kernel::SourceReader::open(paths)?;
     let mut watch = Watch::new(
         file.service.clone(),
         Arc::clone(&counters),
@@ -358,8 +358,6 @@ impl std::fmt::Display for IfName {
     }
 }
 
-type SourceMap = aya::maps::HashMap<aya::maps::MapData, SourceKey, filter_common::SourceState>;
-
 /// The service's per-second work and its bounded memory.
 struct Watch {
     service: ServiceConfig,
@@ -489,7 +487,7 @@ impl Watch {
         }
     }
 
-    fn event(&mut self, event: &DropEvent, sources: &SourceMap) {
+    fn event(&mut self, event: &DropEvent, sources: &kernel::SourceReader) {
         self.counters.events.fetch_add(1, Ordering::Relaxed);
         let raw = SourceKey {
             family: event.family,
@@ -522,13 +520,13 @@ impl Watch {
                 self.over.insert(key, reason);
             }
             // Its drop count now: only drops after this one count towards a ban.
-            let dropped = sources.get(&key, 0).map_or(0, |s| s.dropped);
+            let dropped = sources.get(&key).ok().flatten().map_or(0, |s| s.dropped);
             self.offenders
                 .suspect(key, dropped, unix_now(), &self.service.bans);
         }
     }
 
-    fn tick(&mut self, paths: &Paths, sources: &SourceMap) {
+    fn tick(&mut self, paths: &Paths, sources: &kernel::SourceReader) {
         self.report_suppressed();
         self.read_prefixes(paths);
         let now = unix_now();
@@ -536,7 +534,7 @@ impl Watch {
         if self.service.bans.enabled {
             let mut bans = Vec::new();
             for key in self.offenders.watched() {
-                let dropped = sources.get(&key, 0).ok().map(|s| s.dropped);
+                let dropped = sources.get(&key).ok().flatten().map(|s| s.dropped);
                 if let Some(ban) = self
                     .offenders
                     .observe(key, dropped, now, &self.service.bans)

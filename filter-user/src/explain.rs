@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     cidr::Cidr,
     kernel::{self, KernelError, ListMaps},
-    lists::mono_now_ns,
+    lists::filter_now_ns,
     paths::Paths,
     state::{ListKind, StateError, unix_now},
     store::Store,
@@ -111,7 +111,7 @@ fn matched(store: &Store, kind: ListKind, cidr: Cidr) -> Result<Match, ExplainEr
 pub fn explain(paths: &Paths, addr: IpAddr, len: u64) -> Result<Explanation, ExplainError> {
     let config: Config = kernel::read_config(paths)?;
     let store = Store::open(paths)?;
-    let now = mono_now_ns();
+    let now = filter_now_ns();
     let lookup = |kind| -> Result<Option<Match>, ExplainError> {
         let maps = ListMaps::open(paths, kind)?;
         maps.lookup(config.lists, addr, now)?
@@ -147,8 +147,7 @@ pub fn explain(paths: &Paths, addr: IpAddr, len: u64) -> Result<Explanation, Exp
     let source = Cidr::covering(masked, prefix as u8)
         .map_or_else(|_| masked.to_string(), |c| format!("{}/{prefix}", c.addr()));
 
-    let sources = kernel::open_sources(paths)?;
-    let source_state: Option<SourceState> = sources.get(&key, 0).ok();
+    let source_state: Option<SourceState> = kernel::SourceReader::open(paths)?.get(&key)?;
     let globals = kernel::read_globals(paths)?;
     let global = |slot: u32| globals.get(slot as usize).copied().unwrap_or(0);
     let has_budget =

@@ -3,6 +3,7 @@
 
 use filter_common::{
     Bucket, Config, FLAG_DRY_RUN, FLAG_MALFORMED_PASS, FLAG_SYN_AUTO, FLAG_SYN_ON, MAX_SYN_PORTS,
+    limiter::BYTE_COST_SHIFT,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -117,6 +118,17 @@ pub enum LimitsError {
          pass: use at least {min}, or 0 for one second's worth"
     )]
     BurstBytesTooSmall { burst: u64, min: u64 },
+    #[error(
+        "{name} {burst} is less than one clock tick of its rate: the filter's clock moves in \
+         ticks of {tick_us} us here, and a burst smaller than a tick's worth would hold the \
+         source below its rate; use at least {min}, or 0 for one second's worth"
+    )]
+    BurstBelowTick {
+        name: &'static str,
+        burst: u64,
+        min: u64,
+        tick_us: u64,
+    },
     #[error("`{name}` = {value} is larger than the maximum {max}")]
     TooLarge {
         name: &'static str,
@@ -130,6 +142,11 @@ const MAX_RATE: u64 = 1_000_000_000;
 
 impl Limits {
     pub fn validate(&self) -> Result<(), LimitsError> {
+        self.validate_with_tick(clock_tick_ns())
+    }
+
+    /// [`validate`](Self::validate) against a clock tick of `tick_ns`.
+    pub fn validate_with_tick(&self, tick_ns: u64) -> Result<(), LimitsError> {
         if !(1..=32).contains(&self.prefix4) {
             return Err(LimitsError::Prefix4(self.prefix4));
         }
@@ -154,6 +171,29 @@ impl Limits {
                     name,
                     value,
                     max: MAX_RATE,
+                });
+            }
+        }
+        if self.pps != 0 && self.burst != 0 {
+            let bucket = Bucket::packets(self.pps, self.burst);
+            if bucket.tau < tick_ns {
+                return Err(LimitsError::BurstBelowTick {
+                    name: "burst",
+                    burst: self.burst,
+                    min: tick_ns.div_ceil(bucket.cost),
+                    tick_us: tick_ns / 1000,
+                });
+            }
+        }
+        if self.bps != 0 && self.burst_bytes != 0 {
+            let bucket = Bucket::bytes(self.bps, self.burst_bytes);
+            if bucket.tau < tick_ns {
+                return Err(LimitsError::BurstBelowTick {
+                    name: "burst_bytes",
+                    burst: self.burst_bytes,
+                    min: (u128::from(tick_ns) << BYTE_COST_SHIFT).div_ceil(u128::from(bucket.cost))
+                        as u64,
+                    tick_us: tick_ns / 1000,
                 });
             }
         }
@@ -226,6 +266,18 @@ impl Limits {
             _pad: 0,
         }
     }
+}
+
+/// How far the filter's clock (CLOCK_MONOTONIC_COARSE, `bpf_ktime_get_coarse_ns`) moves at
+/// a time: the kernel's tick.
+pub fn clock_tick_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Writes `limits` into the kernel's live config record, with the list bits `lists` and the
@@ -339,6 +391,47 @@ mod tests {
         };
         assert_eq!(slow.effective_burst_bytes(1522), 1522);
         assert_eq!(slow.validate_frames(1522), Ok(()));
+    }
+
+    #[test]
+    fn bursts_below_one_tick_of_rate_are_refused() {
+        let tick = 4_000_000;
+        let fast = Limits {
+            pps: 1_000_000,
+            burst: 100,
+            ..Limits::default()
+        };
+        assert_eq!(
+            fast.validate_with_tick(tick),
+            Err(LimitsError::BurstBelowTick {
+                name: "burst",
+                burst: 100,
+                min: 4000,
+                tick_us: 4000,
+            })
+        );
+        let enough = Limits {
+            burst: 4000,
+            ..fast.clone()
+        };
+        assert_eq!(enough.validate_with_tick(tick), Ok(()));
+        let default = Limits { burst: 0, ..fast };
+        assert_eq!(default.validate_with_tick(tick), Ok(()));
+        let bytes = Limits {
+            bps: 10_000_000,
+            burst_bytes: 20_000,
+            ..Limits::default()
+        };
+        assert_eq!(
+            bytes.validate_with_tick(tick),
+            Err(LimitsError::BurstBelowTick {
+                name: "burst_bytes",
+                burst: 20_000,
+                min: 40_000,
+                tick_us: 4000,
+            })
+        );
+        assert!(clock_tick_ns() > 0);
     }
 
     #[test]

@@ -79,12 +79,22 @@ pub fn kernel_entry(record: &Record, unix_now_ns: u64, mono_now_ns: u64) -> List
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
 pub fn mono_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// The filter's clock now: CLOCK_MONOTONIC_COARSE, the same reading `bpf_ktime_get_coarse_ns`
+/// gives the limiter and list expiry (CLOCK_MONOTONIC at tick resolution).
+pub fn filter_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 

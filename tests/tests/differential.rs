@@ -23,7 +23,7 @@ use floodwall::{
     cidr::Cidr,
     kernel::{self, ListMaps},
     limits::{Limits, MalformedAction},
-    lists::mono_now_ns,
+    lists::{filter_now_ns, mono_now_ns},
     state::ListKind,
 };
 use floodwall_tests::{
@@ -626,7 +626,7 @@ fn run(
             break;
         }
         let frame = generate();
-        let now = mono_now_ns();
+        let now = filter_now_ns();
         let verdict = fw
             .run(&frame)
             .with_context(|| format!("seed {:#x}: running frame {}", phase.seed, hex(&frame)))?;
@@ -986,9 +986,9 @@ fn kernel_and_model_agree_while_time_moves() -> Result<()> {
                 *s = tat;
             }
         }
-        let t0 = mono_now_ns();
+        let t0 = filter_now_ns();
         let verdict = fw.run(&frame)?;
-        let t1 = mono_now_ns();
+        let t1 = filter_now_ns();
         let after = counters.read()?;
         let (reason, dry) = counted(&before, &after)?;
         before = after;

@@ -204,3 +204,89 @@ fn contention_is_never_counted_as_over_the_limit() -> Result<()> {
     );
     Ok(())
 }
+
+/// A source dropped over its limit on both CPUs: its shared state is not written per dropped
+/// frame (each CPU holds its drops and adds them at most about once a second, or when it
+/// drops another source), and what `top` and bans read is still the exact count.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn drops_are_held_per_cpu_and_still_counted_exactly() -> Result<()> {
+    let fw = Loaded::new()?;
+    fw.set_limits(&Limits {
+        pps: 1,
+        burst: 1,
+        ..Limits::default()
+    })?;
+    let src = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
+    let other = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
+    let frame = udp(src, 64);
+    let key = |addr: IpAddr| {
+        let mut key = filter_common::SourceKey {
+            family: filter_common::FAMILY_V4,
+            addr: [0; 16],
+        };
+        if let IpAddr::V4(v4) = addr {
+            key.addr[..4].copy_from_slice(&v4.octets());
+        }
+        key
+    };
+    let (per_cpu, workers) = (5_000u32, cpus().max(2));
+    let started = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..workers)
+            .map(|cpu| {
+                let (fw, frame) = (&fw, &frame);
+                s.spawn(move || -> Result<()> {
+                    pin_to_cpu(cpu % cpus());
+                    fw.run_repeat(frame, per_cpu)?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        }
+        Ok(())
+    })?;
+    let quick = started.elapsed() < Duration::from_millis(900);
+    let sent = u64::from(per_cpu) * workers as u64;
+    let read = |addr| -> Result<filter_common::SourceState> {
+        kernel::read_sources(&fw.paths)?
+            .into_iter()
+            .find(|(k, _)| *k == key(addr))
+            .map(|(_, s)| s)
+            .ok_or_else(|| anyhow::anyhow!("no state for {addr}"))
+    };
+    let raw =
+        |addr| -> Result<u64> { Ok(kernel::open_sources(&fw.paths)?.get(&key(addr), 0)?.dropped) };
+    let seen = read(src)?;
+    assert_eq!(
+        seen.passed + seen.dropped,
+        sent,
+        "passed {} + dropped {} (with what the CPUs hold) of {sent} sent",
+        seen.passed,
+        seen.dropped
+    );
+    let held_in_state = raw(src)?;
+    println!(
+        "{sent} frames from {workers} CPUs: {} dropped, {held_in_state} of them written to the \
+         shared state (run took {:?})",
+        seen.dropped,
+        started.elapsed()
+    );
+    if quick {
+        // Within a second no CPU adds its count: the shared line was not written per drop.
+        assert_eq!(held_in_state, 0, "drops were written to the shared state");
+    }
+    // Another source dropped on each CPU makes it add what it held for the first.
+    let over = udp(other, 64);
+    // Counted before pinning: pinned, this thread may use only one CPU.
+    let n = cpus();
+    for cpu in 0..workers {
+        pin_to_cpu(cpu % n);
+        fw.run_repeat(&over, 3)?;
+    }
+    assert_eq!(raw(src)?, seen.dropped, "the CPUs added what they held");
+    assert_eq!(read(src)?.dropped, seen.dropped, "counted once, not twice");
+    Ok(())
+}

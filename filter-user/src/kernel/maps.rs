@@ -100,12 +100,15 @@ pub fn set_syn_auto_active(paths: &Paths, active: bool) -> Result<(), KernelErro
 
 /// Resets the global buckets, so a new configuration starts from full bursts.
 pub fn reset_globals(paths: &Paths) -> Result<(), KernelError> {
-    let mut array: Array<MapData, u64> = open_as(paths, MAP_GLOBALS)?;
+    let mut array: Array<MapData, GlobalBucket> = open_as(paths, MAP_GLOBALS)?;
     for i in 0..array.len() {
-        array.set(i, 0, 0).map_err(|source| KernelError::Update {
-            name: MAP_GLOBALS,
-            source,
-        })?;
+        let fresh = GlobalBucket::default();
+        array
+            .set(i, fresh, 0)
+            .map_err(|source| KernelError::Update {
+                name: MAP_GLOBALS,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -177,6 +180,61 @@ pub fn read_misc(paths: &Paths) -> Result<Vec<u64>, KernelError> {
     Ok(out)
 }
 
+/// What the CPUs hold of over-limit drops (see `PendingDrops`): each CPU holds one source's.
+/// A filter pinned by a floodwall from before `PENDING_DROPS` counts every drop in the
+/// source's state: nothing is held then.
+fn pending_drops(paths: &Paths) -> Result<Vec<PendingDrops>, KernelError> {
+    if !paths.map_pin(MAP_PENDING_DROPS).exists() {
+        return Ok(Vec::new());
+    }
+    let array: PerCpuArray<MapData, PendingDrops> = open_as(paths, MAP_PENDING_DROPS)?;
+    let values = array.get(&0, 0).map_err(|source| KernelError::OpenMap {
+        name: MAP_PENDING_DROPS,
+        source,
+    })?;
+    Ok(values.iter().filter(|p| p.count != 0).copied().collect())
+}
+
+fn held_drops(pending: &[PendingDrops], key: &SourceKey) -> u64 {
+    pending
+        .iter()
+        .filter(|p| p.key == *key)
+        .map(|p| p.count)
+        .sum()
+}
+
+/// Per-source state as `top`, bans and `explain` see it: the kernel's record, its drop count
+/// with what the CPUs still hold.
+pub struct SourceReader {
+    map: HashMap<MapData, SourceKey, SourceState>,
+    paths: Paths,
+}
+
+impl SourceReader {
+    pub fn open(paths: &Paths) -> Result<SourceReader, KernelError> {
+        Ok(SourceReader {
+            map: open_as(paths, MAP_SOURCES)?,
+            paths: paths.clone(),
+        })
+    }
+
+    /// `key`'s state, or `None` if the kernel tracks no such source.
+    pub fn get(&self, key: &SourceKey) -> Result<Option<SourceState>, KernelError> {
+        let mut state = match self.map.get(key, 0) {
+            Ok(state) => state,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(source) => {
+                return Err(KernelError::OpenMap {
+                    name: MAP_SOURCES,
+                    source,
+                });
+            }
+        };
+        state.dropped += held_drops(&pending_drops(&self.paths)?, key);
+        Ok(Some(state))
+    }
+}
+
 /// The per-source state map, for single lookups.
 pub fn open_sources(
     paths: &Paths,
@@ -186,13 +244,16 @@ pub fn open_sources(
 
 /// The arrival times of the global buckets (`GLOBAL_*` slots).
 pub fn read_globals(paths: &Paths) -> Result<Vec<u64>, KernelError> {
-    let array: Array<MapData, u64> = open_as(paths, MAP_GLOBALS)?;
+    let array: Array<MapData, GlobalBucket> = open_as(paths, MAP_GLOBALS)?;
     (0..array.len())
         .map(|i| {
-            array.get(&i, 0).map_err(|source| KernelError::OpenMap {
-                name: MAP_GLOBALS,
-                source,
-            })
+            array
+                .get(&i, 0)
+                .map(|g| g.tat)
+                .map_err(|source| KernelError::OpenMap {
+                    name: MAP_GLOBALS,
+                    source,
+                })
         })
         .collect()
 }
@@ -205,10 +266,14 @@ pub fn open_events(paths: &Paths) -> Result<RingBuf<MapData>, KernelError> {
 /// Every tracked source and its state.
 pub fn read_sources(paths: &Paths) -> Result<Vec<(SourceKey, SourceState)>, KernelError> {
     let map: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
+    let pending = pending_drops(paths)?;
     let mut out = Vec::new();
     for item in map.iter() {
         match item {
-            Ok(kv) => out.push(kv),
+            Ok((key, mut state)) => {
+                state.dropped += held_drops(&pending, &key);
+                out.push((key, state));
+            }
             // An LRU entry evicted while iterating: skip it.
             Err(MapError::KeyNotFound) => continue,
             Err(source) => {

@@ -125,7 +125,7 @@ pub(super) fn remove_pin(path: PathBuf) -> Result<(), KernelError> {
 }
 
 /// Every map the program pins besides the list maps (`LIST_MAP_NAMES`).
-const STATE_MAP_NAMES: [&str; 13] = [
+const STATE_MAP_NAMES: [&str; 14] = [
     MAP_CONFIG,
     MAP_CONFIG_ACTIVE,
     MAP_COUNTERS,
@@ -136,6 +136,7 @@ const STATE_MAP_NAMES: [&str; 13] = [
     MAP_SOURCES,
     MAP_EVENTS,
     MAP_EVENT_SEEN,
+    MAP_PENDING_DROPS,
     MAP_SYN_ACTIVE,
     MAP_PROGRAMS,
     MAP_TRACE,
