@@ -7,7 +7,7 @@
 //! nothing touches the root namespace. A [`BareXdp`] attachment is a BPF link owned by this
 //! process: closing its descriptor (on drop) detaches it.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 
@@ -18,6 +18,7 @@ pub const XDP_PASS: u32 = 2;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `enum bpf_attach_type`: BPF_XDP.
@@ -73,6 +74,110 @@ impl Drop for Fd {
     }
 }
 
+/// `BPF_PROG_TEST_RUN` of the XDP program `fd`: the verdict and the kernel's mean ns per run.
+fn test_run(fd: &Fd, frame: &[u8], repeat: u32) -> Result<(u32, u64)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = BpfAttr::new();
+    // The `test` member: prog_fd, retval, data_size_in, data_size_out, data_in, data_out,
+    // repeat, duration, ...
+    attr.u32(0, fd.0 as u32);
+    attr.u32(8, frame.len() as u32);
+    attr.u32(12, out.len() as u32);
+    attr.u64(16, frame.as_ptr() as u64);
+    attr.u64(24, out.as_mut_ptr() as u64);
+    attr.u32(32, repeat);
+    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
+    Ok((attr.get_u32(4), u64::from(attr.get_u32(36))))
+}
+
+/// Debian's `xdp-filter` (xdp-tools) loaded on a veth end in `ns`, for comparison: its program
+/// is run with `BPF_PROG_TEST_RUN` like floodwall's. Unloaded on drop. It runs under
+/// `nsenter --net`, not `ip netns exec`, which would hide bpffs from libxdp.
+pub struct XdpFilter<'a> {
+    ns: &'a Netns,
+    ifname: String,
+    fd: Fd,
+    /// The program xdp-filter picked for the features (`xdpfilt_alw_ip` for ipv4,ipv6).
+    pub program: String,
+}
+
+impl<'a> XdpFilter<'a> {
+    /// Loads it on a new veth pair inside `ns` in native mode with `features` (xdp-filter's
+    /// `--features`), dropping the source addresses `blocked`.
+    pub fn load(ns: &'a Netns, features: &str, blocked: &[&str]) -> Result<XdpFilter<'a>> {
+        let ifname = format!("xf{:x}", std::process::id());
+        let peer = format!("{ifname}p");
+        ns.exec(&[
+            "ip", "link", "add", &ifname, "type", "veth", "peer", "name", &peer,
+        ])?;
+        for dev in [&ifname, &peer] {
+            ns.exec(&["ip", "link", "set", dev, "up"])?;
+        }
+        let nsenter = |args: &[&str]| -> Result<()> {
+            let net = format!("--net={}", ns.path().display());
+            let out = Command::new("nsenter")
+                .arg(&net)
+                .args(args)
+                .output()
+                .with_context(|| {
+                    format!("running xdp-filter {args:?} (is xdp-tools installed?)")
+                })?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Ok(())
+        };
+        nsenter(&[
+            "xdp-filter",
+            "load",
+            "-m",
+            "native",
+            "-f",
+            features,
+            &ifname,
+        ])?;
+        // From here on Drop unloads it.
+        let mut filter = XdpFilter {
+            ns,
+            ifname: ifname.clone(),
+            fd: Fd(-1),
+            program: String::new(),
+        };
+        for addr in blocked {
+            nsenter(&["xdp-filter", "ip", addr, "-m", "src"])?;
+        }
+        let out = ns.exec(&["ip", "-j", "-d", "link", "show", &ifname])?;
+        let link: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let prog = &link[0]["xdp"]["prog"];
+        let id = prog["id"]
+            .as_u64()
+            .with_context(|| format!("no XDP program on {ifname} after xdp-filter load: {link}"))?;
+        filter.program = prog["name"].as_str().unwrap_or("?").to_owned();
+        let mut attr = BpfAttr::new();
+        attr.u32(0, id as u32);
+        let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
+            .with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
+        filter.fd = Fd(fd as libc::c_int);
+        Ok(filter)
+    }
+
+    /// `BPF_PROG_TEST_RUN` of xdp-filter's program: the verdict and mean ns per run.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, u64)> {
+        test_run(&self.fd, frame, repeat).context("BPF_PROG_TEST_RUN of xdp-filter")
+    }
+}
+
+impl Drop for XdpFilter<'_> {
+    fn drop(&mut self) {
+        let net = format!("--net={}", self.ns.path().display());
+        let _ = Command::new("nsenter")
+            .args([net.as_str(), "xdp-filter", "unload", &self.ifname])
+            .output();
+    }
+}
+
 /// A loaded bare XDP program: `r0 = verdict; exit`.
 #[derive(Debug)]
 pub struct BareProgram {
@@ -113,18 +218,7 @@ impl BareProgram {
 
     /// `BPF_PROG_TEST_RUN`: the verdict and the kernel's mean ns per run.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, u64)> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut attr = BpfAttr::new();
-        // The `test` member: prog_fd, retval, data_size_in, data_size_out, data_in, data_out,
-        // repeat, duration, ...
-        attr.u32(0, self.fd.0 as u32);
-        attr.u32(8, frame.len() as u32);
-        attr.u32(12, out.len() as u32);
-        attr.u64(16, frame.as_ptr() as u64);
-        attr.u64(24, out.as_mut_ptr() as u64);
-        attr.u32(32, repeat);
-        bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN of a bare program")?;
-        Ok((attr.get_u32(4), u64::from(attr.get_u32(36))))
+        test_run(&self.fd, frame, repeat).context("BPF_PROG_TEST_RUN of a bare program")
     }
 
     /// Attaches to `ifname` in `ns` (native XDP, through a BPF link created by a thread inside

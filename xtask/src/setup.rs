@@ -32,6 +32,8 @@ const DEB_PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
     "openssl",
+    // xdp-filter, the peer the benchmark compares floodwall with.
+    "xdp-tools",
 ];
 
 /// Debian's CrowdSec package, unpacked (never installed) for the bouncer tests: installing it
