@@ -167,7 +167,10 @@ pub struct Config {
     /// when `syn_nports` is 0.
     pub syn_ports: [u16; MAX_SYN_PORTS],
     pub syn_nports: u32,
-    pub _pad: u32,
+    /// The kernel's tick in ns (userspace reads it with `clock_getres`). Event sampling counts
+    /// time as `bpf_jiffies64() * tick_ns`, at a tenth of the cost of even the coarse clock,
+    /// so a drop whose decision needed no time reads none; 0 falls back to the filter's clock.
+    pub tick_ns: u32,
 }
 const _: () = assert!(size_of::<Config>() == 16 + 7 * 16 + 8 + 16 + 8);
 
@@ -307,6 +310,7 @@ const _: () = assert!(size_of::<Counter>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropEvent {
+    /// Event sampling's time (see `Config::tick_ns`): jiffies in ns, not CLOCK_MONOTONIC.
     pub ts_ns: u64,
     pub ifindex: u32,
     pub reason: u32,

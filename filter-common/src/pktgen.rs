@@ -12,6 +12,9 @@ pub const PKTGEN_FLAG_L4_UDP: u32 = 1;
 /// with what the receiver left in them, and a receiver that rewrites frames (`XDP_TX` of a
 /// SYN-ACK) would otherwise turn the source's frames into its own replies.
 pub const PKTGEN_FLAG_RESTORE: u32 = 2;
+/// Every rewritten frame is handed to the program in slot 0 of `PKTGEN_NEXT` (a tail call)
+/// instead of redirected: a program's cost on a new source per frame, without a veth.
+pub const PKTGEN_FLAG_CHAIN: u32 = 4;
 /// Capacity of `PKTGEN_TEMPLATE` (a power of two: the kernel bounds lengths by masking).
 pub const PKTGEN_TEMPLATE_CAPACITY: usize = 128;
 /// Capacity of `PKTGEN_SET`.

@@ -15,7 +15,7 @@ mod sync;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, xdp_action},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key,
@@ -862,7 +862,12 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
     if !cfg.events.enabled() {
         return;
     }
-    let now = frame.now();
+    let now = if cfg.tick_ns != 0 {
+        // SAFETY: bpf_jiffies64 has no preconditions.
+        unsafe { bpf_jiffies64() }.wrapping_mul(u64::from(cfg.tick_ns))
+    } else {
+        frame.now()
+    };
     // A read of the global budget first: when it is spent (as in any flood) nothing more is
     // done. Then the source's own interval, and only then is a token taken, so a flood from
     // one source cannot spend the budget that the first drops of other sources need.

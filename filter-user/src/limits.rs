@@ -263,7 +263,7 @@ impl Limits {
             event_interval_ns: self.event_interval_secs.saturating_mul(1_000_000_000),
             syn_ports,
             syn_nports: nports as u32,
-            _pad: 0,
+            tick_ns: u32::try_from(clock_tick_ns()).unwrap_or(0),
         }
     }
 }

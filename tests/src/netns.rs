@@ -235,6 +235,21 @@ impl VethPair {
         a_addr6: &str,
         b_addr6: &str,
     ) -> anyhow::Result<VethPair> {
+        VethPair::with_queues(a, b, a_addr4, b_addr4, a_addr6, b_addr6, 1)
+    }
+
+    /// The same with `queues` receive and transmit queues on each end: frames redirected in
+    /// from several CPUs then land on one queue per CPU, each with its own NAPI poll on the
+    /// CPU that sent them, as a multi-queue NIC spreads a flood.
+    pub fn with_queues(
+        a: &Netns,
+        b: &Netns,
+        a_addr4: &str,
+        b_addr4: &str,
+        a_addr6: &str,
+        b_addr6: &str,
+        queues: u32,
+    ) -> anyhow::Result<VethPair> {
         // "fw" + pid in hex (≤ 6 chars, pid_max ≤ 2^22) + "a"/"b" + counter: ≤ 15 chars.
         let tag = format!("fw{:x}", std::process::id());
         let n = next_id();
@@ -243,20 +258,17 @@ impl VethPair {
         if a_name.len() > 15 {
             bail!("interface name {a_name} too long");
         }
-        ip(&[
-            "link",
-            "add",
-            &a_name,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &b_name,
-            "netns",
-            b.name(),
-        ])?;
+        let queues = queues.to_string();
+        let mut args = vec!["link", "add", &a_name, "netns", a.name()];
+        let per_end = ["numtxqueues", &queues, "numrxqueues", &queues];
+        if queues != "1" {
+            args.extend(per_end);
+        }
+        args.extend(["type", "veth", "peer", "name", &b_name, "netns", b.name()]);
+        if queues != "1" {
+            args.extend(per_end);
+        }
+        ip(&args)?;
         let mut pair = VethPair {
             ns_a: a.name().to_owned(),
             ns_b: b.name().to_owned(),

@@ -58,6 +58,7 @@ const MAP_CONFIG: &str = "PKTGEN_CONFIG";
 const MAP_SET: &str = "PKTGEN_SET";
 const MAP_CURSOR: &str = "PKTGEN_CURSOR";
 const MAP_TEMPLATE: &str = "PKTGEN_TEMPLATE";
+const MAP_NEXT: &str = "PKTGEN_NEXT";
 
 const MODE_PREFIX: u32 = pktgen::PKTGEN_MODE_PREFIX;
 const MODE_SET: u32 = pktgen::PKTGEN_MODE_SET;
@@ -276,6 +277,8 @@ struct Maps {
     template: Array<MapData, [u8; pktgen::PKTGEN_TEMPLATE_CAPACITY]>,
     set: Array<MapData, [u32; 4]>,
     cursor: PerCpuArray<MapData, u32>,
+    /// The program array of `PKTGEN_FLAG_CHAIN`.
+    next: MapData,
 }
 
 /// The loaded `pktgen` program with its own (unpinned) maps, bound to one output interface in
@@ -287,6 +290,8 @@ pub struct PacketSource<'a> {
     batch: u32,
     fix_checksums: bool,
     restore_template: bool,
+    /// The CPU the sending thread is pinned to, if any.
+    cpu: Option<usize>,
     maps: Mutex<Maps>,
     // After `maps`: the program is dropped last.
     ebpf: Ebpf,
@@ -315,6 +320,10 @@ impl<'a> PacketSource<'a> {
             set: take(MAP_SET)?.try_into()?,
             template: take(MAP_TEMPLATE)?.try_into()?,
             cursor: take(MAP_CURSOR)?.try_into()?,
+            next: match take(MAP_NEXT)? {
+                aya::maps::Map::ProgramArray(data) => data,
+                _ => bail!("{MAP_NEXT} is not a program array"),
+            },
         };
         Ok(PacketSource {
             ns: ns_of_sender,
@@ -323,6 +332,7 @@ impl<'a> PacketSource<'a> {
             batch: DEFAULT_BATCH,
             fix_checksums: true,
             restore_template: false,
+            cpu: None,
             maps: Mutex::new(maps),
             ebpf,
         })
@@ -343,6 +353,12 @@ impl<'a> PacketSource<'a> {
     /// live-frame pages come back with what it left in them.
     pub fn restore_template(mut self, restore: bool) -> PacketSource<'a> {
         self.restore_template = restore;
+        self
+    }
+
+    /// Sends from a thread pinned to `cpu` (default: wherever the scheduler puts it).
+    pub fn on_cpu(mut self, cpu: usize) -> PacketSource<'a> {
+        self.cpu = Some(cpu);
         self
     }
 
@@ -413,8 +429,11 @@ impl<'a> PacketSource<'a> {
             .program(PROGRAM)
             .context("no pktgen program")?
             .try_into()?;
-        let batch = self.batch;
+        let (batch, cpu) = (self.batch, self.cpu);
         run_in(self.ns, || -> Result<SendReport> {
+            if let Some(cpu) = cpu {
+                crate::program::pin_to_cpu(cpu);
+            }
             let start = Instant::now();
             let deadline = start + max_time;
             let mut sent = 0u64;
@@ -448,6 +467,57 @@ impl<'a> PacketSource<'a> {
                 kernel_time,
             })
         })?
+    }
+
+    /// Runs `repeat` copies of `template`, each with a source from `sources`, through the XDP
+    /// program `next` by a tail call from the packet source instead of out of a veth: plain
+    /// `BPF_PROG_TEST_RUN`, no live frames, so the frame is the same buffer rewritten run after
+    /// run (the checksums are updated from its contents). The kernel's time is the rewrite plus
+    /// `next`'s run. Returns the last verdict and the kernel's mean ns per frame.
+    pub fn run_chained(
+        &self,
+        template: &[u8],
+        sources: Sources,
+        next: std::os::fd::BorrowedFd<'_>,
+        repeat: u32,
+    ) -> Result<(u32, u64)> {
+        use std::os::fd::AsFd as _;
+        let layout = Layout::locate(template)?;
+        let mut frame = template.to_vec();
+        let mut maps = self
+            .maps
+            .lock()
+            .map_err(|_| anyhow::anyhow!("pktgen maps poisoned by a panicked send"))?;
+        let first = self.configure(&mut maps, &layout, &sources)?;
+        frame[layout.addr_off..layout.addr_off + layout.addr_len()].copy_from_slice(&first);
+        if self.fix_checksums {
+            layout.fix_checksums(&mut frame);
+        }
+        let mut config = maps
+            .config
+            .get(&0, 0)
+            .context("reading the pktgen config")?;
+        config.flags |= pktgen::PKTGEN_FLAG_CHAIN;
+        maps.config
+            .set(0, config, 0)
+            .context("writing the pktgen config")?;
+        crate::receivers::set_program_slot(maps.next.fd().as_fd(), 0, next)?;
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM)
+            .context("no pktgen program")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let run = program
+            .test_run(opts)
+            .context("BPF_PROG_TEST_RUN of the chained packet source")?;
+        Ok((run.return_value, run.duration.as_nanos() as u64))
     }
 
     /// Writes the program's configuration for `sources`; returns the first address, which goes

@@ -102,6 +102,16 @@ impl Loaded {
             .unwrap_or(0))
     }
 
+    /// The program's descriptor (to put it in a program array).
+    pub fn fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        Ok(self
+            .program
+            .fd()
+            .context("the program is not loaded")?
+            .as_fd())
+    }
+
     /// Runs the program once on `frame`; returns the XDP verdict.
     pub fn run(&self, frame: &[u8]) -> Result<u32> {
         Ok(self.run_repeat(frame, 1)?.0)

@@ -19,6 +19,7 @@ pub const XDP_PASS: u32 = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `enum bpf_attach_type`: BPF_XDP.
@@ -72,6 +73,23 @@ impl Drop for Fd {
         // SAFETY: we own this descriptor.
         unsafe { libc::close(self.0) };
     }
+}
+
+/// Puts the program `prog` in slot `index` of the program array `map`. A raw update: aya
+/// takes only its own program handles, and a bare program has none.
+pub fn set_program_slot(
+    map: std::os::fd::BorrowedFd<'_>,
+    index: u32,
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let value = prog.as_raw_fd() as u32;
+    let mut attr = BpfAttr::new();
+    attr.u32(0, map.as_raw_fd() as u32);
+    attr.u64(8, std::ptr::from_ref(&index) as u64);
+    attr.u64(16, std::ptr::from_ref(&value) as u64);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("BPF_MAP_UPDATE_ELEM of a program array")?;
+    Ok(())
 }
 
 /// `BPF_PROG_TEST_RUN` of the XDP program `fd`: the verdict and the kernel's mean ns per run.
@@ -204,6 +222,9 @@ impl BareProgram {
         attr.u64(8, insns.as_ptr() as u64); // insns
         attr.u64(16, license.as_ptr() as u64); // license
         attr.0[48..48 + name.len()].copy_from_slice(name); // prog_name[16]
+        // expected_attach_type as aya loads XDP programs: a program array takes only programs
+        // that match its owner in this too, so the bare program can stand in for floodwall.
+        attr.u32(68, BPF_XDP);
         let fd = bpf(BPF_PROG_LOAD, &mut attr)
             .with_context(|| format!("BPF_PROG_LOAD of a bare XDP program ({verdict})"))?;
         Ok(BareProgram {
@@ -214,6 +235,11 @@ impl BareProgram {
 
     pub fn verdict(&self) -> u32 {
         self.verdict
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the descriptor stays open as long as `self`.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd.0) }
     }
 
     /// `BPF_PROG_TEST_RUN`: the verdict and the kernel's mean ns per run.

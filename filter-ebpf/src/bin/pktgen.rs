@@ -17,15 +17,16 @@ use aya_ebpf::{
     bindings::xdp_md,
     helpers::{bpf_get_prandom_u32, bpf_redirect, bpf_xdp_store_bytes},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 
 use filter_common::pktgen::{
-    PKTGEN_FLAG_L4_UDP as FLAG_L4_UDP, PKTGEN_FLAG_RESTORE as FLAG_RESTORE,
-    PKTGEN_MODE_PREFIX as MODE_PREFIX, PKTGEN_MODE_SET as MODE_SET,
-    PKTGEN_OFFSET_MASK as OFFSET_MASK, PKTGEN_SET_CAPACITY as SET_CAPACITY,
-    PKTGEN_TEMPLATE_CAPACITY as TEMPLATE_CAPACITY, PktgenConfig,
+    PKTGEN_FLAG_CHAIN as FLAG_CHAIN, PKTGEN_FLAG_L4_UDP as FLAG_L4_UDP,
+    PKTGEN_FLAG_RESTORE as FLAG_RESTORE, PKTGEN_MODE_PREFIX as MODE_PREFIX,
+    PKTGEN_MODE_SET as MODE_SET, PKTGEN_OFFSET_MASK as OFFSET_MASK,
+    PKTGEN_SET_CAPACITY as SET_CAPACITY, PKTGEN_TEMPLATE_CAPACITY as TEMPLATE_CAPACITY,
+    PktgenConfig,
 };
 
 #[map]
@@ -36,20 +37,29 @@ static PKTGEN_SET: Array<[u32; 4]> = Array::with_max_entries(SET_CAPACITY, 0);
 static PKTGEN_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static PKTGEN_TEMPLATE: Array<[u8; TEMPLATE_CAPACITY]> = Array::with_max_entries(1, 0);
+/// The program frames are handed to with `PKTGEN_FLAG_CHAIN`.
+#[map]
+static PKTGEN_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn pktgen(ctx: XdpContext) -> u32 {
     match rewrite(&ctx) {
+        Some((_, flags)) if flags & FLAG_CHAIN != 0 => {
+            // SAFETY: on success the tail call does not return.
+            let _ = unsafe { PKTGEN_NEXT.tail_call(&ctx, 0) };
+            xdp_action::XDP_ABORTED
+        }
         // SAFETY: a helper taking plain integers. It returns XDP_REDIRECT, or XDP_ABORTED
         // for invalid flags (there are none).
-        Some(ifindex) => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        Some((ifindex, _)) => unsafe { bpf_redirect(ifindex, 0) as u32 },
         None => xdp_action::XDP_ABORTED,
     }
 }
 
-/// Rewrites the source address (and checksums); returns the interface to send out of.
+/// Rewrites the source address (and checksums); returns the interface to send out of and the
+/// config's flags.
 #[inline(always)]
-fn rewrite(ctx: &XdpContext) -> Option<u32> {
+fn rewrite(ctx: &XdpContext) -> Option<(u32, u32)> {
     let cfg = PKTGEN_CONFIG.get(0)?;
     if cfg.flags & FLAG_RESTORE != 0 {
         let template = PKTGEN_TEMPLATE.get(0)?;
@@ -96,7 +106,7 @@ fn rewrite(ctx: &XdpContext) -> Option<u32> {
         // SAFETY: 2 bytes in bounds, checked above.
         unsafe { adjust(field as *mut u16, delta, cfg.flags & FLAG_L4_UDP != 0) };
     }
-    Some(cfg.out_ifindex)
+    Some((cfg.out_ifindex, cfg.flags))
 }
 
 /// The address for this frame, as four raw words (IPv4 uses the first).
