@@ -20,6 +20,33 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_EVENT_SEEN: &str = "EVENT_SEEN";
 /// Per CPU: over-limit drops of one source not yet added to its shared count.
 pub const MAP_PENDING_DROPS: &str = "PENDING_DROPS";
+/// Which /16s (an address's first 16 bits, IPv4 or IPv6) each list's prefixes may cover: one
+/// bit per /16, [`NET_COVER_WORDS`] words per list and family, at [`net_cover_base`]. The
+/// kernel skips the prefix lookup for an address whose bit is clear. The controller sets a
+/// prefix's bits before it inserts the prefix, so a clear bit never hides one; bits are not
+/// cleared when prefixes go, which costs only a lookup.
+pub const MAP_NET_COVER: &str = "NET_COVER";
+pub const NET_COVER_WORDS: u32 = 1 << 10;
+pub const NET_COVER_ENTRIES: u32 = 4 * NET_COVER_WORDS;
+
+/// First word of a list's cover bits: allowlist IPv4, IPv6, then blocklist IPv4, IPv6.
+#[inline(always)]
+pub const fn net_cover_base(allow: bool, v4: bool) -> u32 {
+    let list = if allow { 0 } else { 2 };
+    let family = if v4 { 0 } else { 1 };
+    (list + family) * NET_COVER_WORDS
+}
+
+/// The /16s a prefix covers: its first 16 bits, and for a prefix shorter than /16 every /16
+/// inside it (first and last, inclusive).
+pub const fn net_cover_range(top16: u16, prefix_len: u32) -> (u16, u16) {
+    if prefix_len >= 16 {
+        return (top16, top16);
+    }
+    let span = (1u32 << (16 - prefix_len)) - 1;
+    let first = (top16 as u32) & !span;
+    (first as u16, (first | span) as u16)
+}
 pub const MAP_SYN_ACTIVE: &str = "SYN_ACTIVE";
 pub const MAP_PROGRAMS: &str = "PROGRAMS";
 /// The SYN challenge's program and its slot in `PROGRAMS`.
@@ -400,6 +427,17 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn net_cover_ranges() {
+        assert_eq!(net_cover_range(0xc000, 24), (0xc000, 0xc000));
+        assert_eq!(net_cover_range(0x0a00, 8), (0x0a00, 0x0aff));
+        assert_eq!(net_cover_range(0x2001, 16), (0x2001, 0x2001));
+        assert_eq!(net_cover_range(0x2001, 3), (0x2000, 0x3fff));
+        assert_eq!(net_cover_range(0x1234, 0), (0, 0xffff));
+        assert_eq!(net_cover_base(true, true), 0);
+        assert_eq!(net_cover_base(false, false), 3 * NET_COVER_WORDS);
+    }
+
     use super::*;
 
     #[test]

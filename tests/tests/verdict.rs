@@ -1400,3 +1400,66 @@ fn malformed_pass_still_applies_lists_and_limits() -> Result<()> {
         ],
     )
 }
+
+/// The kernel skips the prefix lookup for an address in a /16 no prefix of the list reaches
+/// (`NET_COVER`): every /16 a prefix spans must have its bit, at both ends of the span and
+/// for prefixes shorter, equal to and longer than /16, added one by one or as an import.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn every_address_a_prefix_covers_is_looked_up() -> Result<()> {
+    let fw = Loaded::new()?;
+    fw.add(
+        ListKind::Block,
+        &[
+            "10.0.0.0/7",
+            "172.16.0.0/16",
+            "192.0.2.128/25",
+            "2001:db8::/32",
+            "4000::/3",
+        ],
+        None,
+    )?;
+    fw.add(ListKind::Allow, &["10.200.0.0/15"], None)?;
+    let mut cases = Vec::new();
+    for src in [
+        "10.0.0.1",
+        "10.255.255.255",
+        "11.0.0.0",
+        "11.255.255.254",
+        "172.16.0.1",
+        "172.16.255.255",
+        "192.0.2.200",
+        "2001:db8::1",
+        "2001:db8:ffff::1",
+        "4000::1",
+        "5fff:ffff::1",
+    ] {
+        cases.push(case(
+            src,
+            udp(src.parse()?, 16),
+            XDP_DROP,
+            Reason::Blocklisted,
+        ));
+    }
+    for src in ["10.200.0.1", "10.201.255.255"] {
+        cases.push(case(
+            src,
+            udp(src.parse()?, 16),
+            XDP_PASS,
+            Reason::Allowlisted,
+        ));
+    }
+    for src in [
+        "9.255.255.255",
+        "12.0.0.0",
+        "172.17.0.1",
+        "172.15.255.255",
+        "192.0.2.1",
+        "2001:db9::1",
+        "6000::1",
+        "3fff::1",
+    ] {
+        cases.push(case(src, udp(src.parse()?, 16), XDP_PASS, Reason::Passed));
+    }
+    check(&fw, &cases)
+}

@@ -9,6 +9,8 @@ pub struct ListMaps {
     net4: LpmTrie<MapData, [u8; 4], ListEntry>,
     host6: HashMap<MapData, [u8; 16], ListEntry>,
     net6: LpmTrie<MapData, [u8; 16], ListEntry>,
+    /// The /16s the list's prefixes may cover (`MAP_NET_COVER`).
+    cover: Array<MapData, u64>,
 }
 
 impl ListMaps {
@@ -20,7 +22,42 @@ impl ListMaps {
             net4: open_as(paths, n4)?,
             host6: open_as(paths, h6)?,
             net6: open_as(paths, n6)?,
+            cover: open_as(paths, MAP_NET_COVER)?,
         })
+    }
+
+    /// Sets the cover bits of the /16s `cidr` (a prefix) reaches, so the kernel looks it up
+    /// for addresses there. Done before the prefix is inserted: a prefix in the trie whose
+    /// bits were clear could be skipped.
+    fn cover(&mut self, cidr: &Cidr) -> Result<(), KernelError> {
+        let (top16, v4) = match cidr.addr() {
+            IpAddr::V4(a) => (u16::from_be_bytes([a.octets()[0], a.octets()[1]]), true),
+            IpAddr::V6(a) => (a.segments()[0], false),
+        };
+        let (first, last) = net_cover_range(top16, u32::from(cidr.prefix_len()));
+        let base = net_cover_base(self.kind == ListKind::Allow, v4);
+        for word in u32::from(first) / 64..=u32::from(last) / 64 {
+            let lo = (u32::from(first).max(word * 64)) % 64;
+            let hi = (u32::from(last).min(word * 64 + 63)) % 64;
+            let bits = (u64::MAX >> (63 - (hi - lo))) << lo;
+            let index = base + word;
+            let old = self
+                .cover
+                .get(&index, 0)
+                .map_err(|source| KernelError::OpenMap {
+                    name: MAP_NET_COVER,
+                    source,
+                })?;
+            if old & bits != bits {
+                self.cover
+                    .set(index, old | bits, 0)
+                    .map_err(|source| KernelError::Update {
+                        name: MAP_NET_COVER,
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     pub fn insert(&mut self, cidr: &Cidr, entry: &ListEntry) -> Result<(), KernelError> {
@@ -29,6 +66,9 @@ impl ListMaps {
             prefix_len: u32::from(cidr.prefix_len()),
             ..*entry
         };
+        if !cidr.is_host() {
+            self.cover(cidr)?;
+        }
         let (name, result) = match (cidr.addr(), cidr.is_host()) {
             (IpAddr::V4(a), true) => (h4, self.host4.insert(a.octets(), entry, 0)),
             (IpAddr::V4(a), false) => (
