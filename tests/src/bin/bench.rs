@@ -1526,7 +1526,7 @@ fn write_json(root: &Path, r: &Report<'_>) -> Result<()> {
         "throughput_two_senders": {
             "method": "live frames from a packet source pinned to CPU 0, then from one pinned to each CPU at once, into a veth with 2 queues per end; kernel time per frame",
             "frames_per_sample": mode.tput_frames,
-            "samples": mode.tput_samples,
+            "samples": mode.tput_samples * senders::SAMPLES_FACTOR,
             "target": "each floodwall flood case's both/one within 5% of floodwall's blocklisted one",
             "cases": senders::json(r.senders),
         },
@@ -1766,7 +1766,7 @@ should have carried them began); the periodic full pull (`resync_secs`) repaired
         control_table = r.control.table(),
         syn_table = r.syn.table(),
         cpu_repeat = mode.repeat,
-        sender_samples = mode.tput_samples,
+        sender_samples = mode.tput_samples * senders::SAMPLES_FACTOR,
         senders_table = senders::table(r.senders),
         peer_table = r.peer.table(),
         syn_flood_table = r.syn_flood.table(),

@@ -30,7 +30,12 @@ pub struct SenderRow {
     pub ratio: f64,
 }
 
-/// One sender, then both, `tput_samples` times; `counted` returns the receiver's frame count
+/// Samples per case, in units of the mode's throughput samples: the veth rows are noisy, and
+/// a ratio of two of them more so.
+pub const SAMPLES_FACTOR: usize = 3;
+
+/// One sender, then both, `SAMPLES_FACTOR * tput_samples` times; `counted` returns the
+/// receiver's frame count
 /// (if it counts), which must grow by exactly what was sent.
 fn measure(
     topo: &Topology,
@@ -44,7 +49,7 @@ fn measure(
     let send = |i: usize| senders[i].send(&template, flood.sources(), mode.tput_frames, SEND_CAP);
     senders[0].send(&template, flood.sources(), WARMUP_FRAMES, SEND_CAP)?;
     let (mut ones, mut boths, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..mode.tput_samples {
+    for _ in 0..mode.tput_samples * SAMPLES_FACTOR {
         let before = counted()?;
         let one = send(0)?;
         let (a, b) = std::thread::scope(|s| {
