@@ -391,17 +391,8 @@ impl<'a> PacketSource<'a> {
     ) -> Result<SendReport> {
         let frames = frames.min(MAX_FRAMES);
         let max_time = max_time.min(MAX_TIME);
-        let layout = Layout::locate(template)?;
-        let mut frame = template.to_vec();
-        let mut maps = self
-            .maps
-            .lock()
-            .map_err(|_| anyhow::anyhow!("pktgen maps poisoned by a panicked send"))?;
-        let first = self.configure(&mut maps, &layout, &sources)?;
-        frame[layout.addr_off..layout.addr_off + layout.addr_len()].copy_from_slice(&first);
-        if self.fix_checksums {
-            layout.fix_checksums(&mut frame);
-        }
+        let mut maps = self.lock_maps()?;
+        let frame = self.prepare(&mut maps, template, &sources)?;
         if self.restore_template {
             ensure!(
                 frame.len() <= pktgen::PKTGEN_TEMPLATE_CAPACITY,
@@ -482,17 +473,8 @@ impl<'a> PacketSource<'a> {
         repeat: u32,
     ) -> Result<(u32, u64)> {
         use std::os::fd::AsFd as _;
-        let layout = Layout::locate(template)?;
-        let mut frame = template.to_vec();
-        let mut maps = self
-            .maps
-            .lock()
-            .map_err(|_| anyhow::anyhow!("pktgen maps poisoned by a panicked send"))?;
-        let first = self.configure(&mut maps, &layout, &sources)?;
-        frame[layout.addr_off..layout.addr_off + layout.addr_len()].copy_from_slice(&first);
-        if self.fix_checksums {
-            layout.fix_checksums(&mut frame);
-        }
+        let mut maps = self.lock_maps()?;
+        let frame = self.prepare(&mut maps, template, &sources)?;
         let mut config = maps
             .config
             .get(&0, 0)
@@ -518,6 +500,25 @@ impl<'a> PacketSource<'a> {
             .test_run(opts)
             .context("BPF_PROG_TEST_RUN of the chained packet source")?;
         Ok((run.return_value, run.duration.as_nanos() as u64))
+    }
+
+    fn lock_maps(&self) -> Result<std::sync::MutexGuard<'_, Maps>> {
+        self.maps
+            .lock()
+            .map_err(|_| anyhow::anyhow!("pktgen maps poisoned by a panicked send"))
+    }
+
+    /// Configures the program for `sources` and returns the frame to run: `template` with the
+    /// first address and, if asked for, its checksums right.
+    fn prepare(&self, maps: &mut Maps, template: &[u8], sources: &Sources) -> Result<Vec<u8>> {
+        let layout = Layout::locate(template)?;
+        let mut frame = template.to_vec();
+        let first = self.configure(maps, &layout, sources)?;
+        frame[layout.addr_off..layout.addr_off + layout.addr_len()].copy_from_slice(&first);
+        if self.fix_checksums {
+            layout.fix_checksums(&mut frame);
+        }
+        Ok(frame)
     }
 
     /// Writes the program's configuration for `sources`; returns the first address, which goes

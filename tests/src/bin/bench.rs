@@ -869,6 +869,33 @@ fn run_case(
     Ok(row)
 }
 
+/// Runs `f` with `loaded` attached natively to `ifname` in `ns`, then detaches and unloads it
+/// whatever `f` returned.
+fn attached(
+    loaded: &Loaded,
+    ns: &Netns,
+    ifname: &str,
+    f: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let mode = run_in(ns, || {
+        kernel::attach(&loaded.paths, ifname, AttachMode::Native)
+    })?;
+    let result = match mode {
+        Ok(AttachMode::Native) => f(),
+        Ok(other) => Err(anyhow::anyhow!(
+            "floodwall attached in {other:?} mode, not natively"
+        )),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = kernel::detach(&loaded.paths, ifname) {
+        eprintln!("bench: detaching floodwall: {e}");
+    }
+    if let Err(e) = kernel::unload(&loaded.paths) {
+        eprintln!("bench: unloading floodwall: {e}");
+    }
+    result
+}
+
 fn no_evidence(_: Option<&str>, _: u64) -> Result<String> {
     Ok("- (no counters in a bare program)".into())
 }
@@ -904,14 +931,7 @@ fn throughput(mode: &Mode) -> Result<Vec<Tput>> {
             pps: COMPARE_PPS,
             ..Limits::default()
         })?;
-        let attached = run_in(&topo.receiver, || {
-            kernel::attach(&loaded.paths, &ifname, AttachMode::Native)
-        })?;
-        let result = (|| -> Result<()> {
-            ensure!(
-                attached? == AttachMode::Native,
-                "floodwall not attached natively"
-            );
+        attached(&loaded, &topo.receiver, &ifname, || -> Result<()> {
             let counters = |before: Option<&str>, sent: u64| -> Result<String> {
                 let now = loaded.counters()?;
                 let text = serde_json::to_string(
@@ -959,14 +979,7 @@ fn throughput(mode: &Mode) -> Result<Vec<Tput>> {
                 )?);
             }
             Ok(())
-        })();
-        if let Err(e) = kernel::detach(&loaded.paths, &ifname) {
-            eprintln!("bench: detaching floodwall: {e}");
-        }
-        if let Err(e) = kernel::unload(&loaded.paths) {
-            eprintln!("bench: unloading floodwall: {e}");
-        }
-        result?;
+        })?;
     }
 
     // An XDP_PASS stub: the skb path alone, then nftables and iptables behind it.

@@ -5,13 +5,8 @@
 
 use anyhow::{Result, ensure};
 use filter_common::Reason;
-use floodwall::{
-    kernel::{self, AttachMode},
-    limits::Limits,
-    state::ListKind,
-};
+use floodwall::{limits::Limits, state::ListKind};
 use floodwall_tests::{
-    netns::run_in,
     pktgen::PacketSource,
     program::Loaded,
     receivers::{BareProgram, XDP_DROP},
@@ -120,14 +115,7 @@ pub fn two_senders(mode: &Mode) -> Result<Vec<SenderRow>> {
         pps: COMPARE_PPS,
         ..Limits::default()
     })?;
-    let attached = run_in(&topo.receiver, || {
-        kernel::attach(&loaded.paths, &ifname, AttachMode::Native)
-    })?;
-    let result = (|| -> Result<()> {
-        ensure!(
-            attached? == AttachMode::Native,
-            "floodwall not attached natively"
-        );
+    crate::attached(&loaded, &topo.receiver, &ifname, || -> Result<()> {
         let counted = || -> Result<Option<u64>> {
             Ok(Some(
                 loaded
@@ -149,14 +137,7 @@ pub fn two_senders(mode: &Mode) -> Result<Vec<SenderRow>> {
             )?);
         }
         Ok(())
-    })();
-    if let Err(e) = kernel::detach(&loaded.paths, &ifname) {
-        eprintln!("bench: detaching floodwall: {e}");
-    }
-    if let Err(e) = kernel::unload(&loaded.paths) {
-        eprintln!("bench: unloading floodwall: {e}");
-    }
-    result?;
+    })?;
     Ok(rows)
 }
 
