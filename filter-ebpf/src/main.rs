@@ -417,7 +417,7 @@ impl Frame {
     }
 
     /// The filter's clock, `bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC at tick resolution, for
-    /// the limiter, list expiry and event sampling. Half the cost of the precise clock; GCRA
+    /// the limiter and list expiry (event sampling counts jiffies). Half the cost of the precise clock; GCRA
     /// keeps its long-run rate exactly with it because every burst covers a tick (see
     /// `filter_common::limiter`), and an entry expires at most one tick late.
     #[inline(always)]
@@ -787,7 +787,7 @@ fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64) {
     };
     // SAFETY: this CPU's own element, valid for this run.
     let pending = unsafe { &mut *pending };
-    if (pending.count != 0) & same_source(&pending.key, key) {
+    if same_source(&pending.key, key) {
         pending.count += 1;
         if now.wrapping_sub(pending.since_ns) < PENDING_DROPS_NS {
             return;
@@ -797,8 +797,10 @@ fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64) {
         pending.since_ns = now;
         return;
     }
-    // A count of 0 has nothing to add, and the key (zeroes at first) may be any source.
-    if let Some(held) = SOURCES.get_ptr_mut(&pending.key) {
+    // Another source's drops: add them to its state (at first the key is zeroes, no source).
+    if pending.count != 0
+        && let Some(held) = SOURCES.get_ptr_mut(&pending.key)
+    {
         // SAFETY: a map value valid for this run, updated atomically.
         atomic_add(unsafe { &mut (*held).dropped }, pending.count);
     }

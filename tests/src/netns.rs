@@ -258,16 +258,17 @@ impl VethPair {
         if a_name.len() > 15 {
             bail!("interface name {a_name} too long");
         }
-        let queues = queues.to_string();
+        // One queue is the default: then nothing is asked for, as before queues were.
+        let count = queues.to_string();
+        let per_end: &[&str] = if queues == 1 {
+            &[]
+        } else {
+            &["numtxqueues", &count, "numrxqueues", &count]
+        };
         let mut args = vec!["link", "add", &a_name, "netns", a.name()];
-        let per_end = ["numtxqueues", &queues, "numrxqueues", &queues];
-        if queues != "1" {
-            args.extend(per_end);
-        }
+        args.extend(per_end);
         args.extend(["type", "veth", "peer", "name", &b_name, "netns", b.name()]);
-        if queues != "1" {
-            args.extend(per_end);
-        }
+        args.extend(per_end);
         ip(&args)?;
         let mut pair = VethPair {
             ns_a: a.name().to_owned(),

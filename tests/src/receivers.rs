@@ -112,11 +112,44 @@ fn test_run(fd: &Fd, frame: &[u8], repeat: u32) -> Result<(u32, u64)> {
 /// is run with `BPF_PROG_TEST_RUN` like floodwall's. Unloaded on drop. It runs under
 /// `nsenter --net`, not `ip netns exec`, which would hide bpffs from libxdp.
 pub struct XdpFilter<'a> {
-    ns: &'a Netns,
-    ifname: String,
     fd: Fd,
     /// The program xdp-filter picked for the features (`xdpfilt_alw_ip` for ipv4,ipv6).
     pub program: String,
+    // Last: the program is unloaded after its descriptor is closed.
+    _loaded: Unload<'a>,
+}
+
+/// Runs `xdp-filter ARGS` inside `ns`.
+fn xdp_filter(ns: &Netns, args: &[&str]) -> Result<()> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg("xdp-filter")
+        .args(args)
+        .output()
+        .with_context(|| format!("running xdp-filter {args:?} (is xdp-tools installed?)"))?;
+    ensure!(
+        out.status.success(),
+        "xdp-filter {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// xdp-filter loaded on an interface: unloaded on drop (which also removes its pins).
+struct Unload<'a> {
+    ns: &'a Netns,
+    ifname: String,
+}
+
+impl Drop for Unload<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = xdp_filter(self.ns, &["unload", &self.ifname]) {
+            eprintln!("floodwall-tests: {e}");
+        }
+        // libxdp's working directory, which unload leaves behind empty: removed only if it
+        // is (another user of libxdp keeps it).
+        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
+    }
 }
 
 impl<'a> XdpFilter<'a> {
@@ -131,40 +164,13 @@ impl<'a> XdpFilter<'a> {
         for dev in [&ifname, &peer] {
             ns.exec(&["ip", "link", "set", dev, "up"])?;
         }
-        let nsenter = |args: &[&str]| -> Result<()> {
-            let net = format!("--net={}", ns.path().display());
-            let out = Command::new("nsenter")
-                .arg(&net)
-                .args(args)
-                .output()
-                .with_context(|| {
-                    format!("running xdp-filter {args:?} (is xdp-tools installed?)")
-                })?;
-            anyhow::ensure!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            Ok(())
-        };
-        nsenter(&[
-            "xdp-filter",
-            "load",
-            "-m",
-            "native",
-            "-f",
-            features,
-            &ifname,
-        ])?;
-        // From here on Drop unloads it.
-        let mut filter = XdpFilter {
+        xdp_filter(ns, &["load", "-m", "native", "-f", features, &ifname])?;
+        let loaded = Unload {
             ns,
             ifname: ifname.clone(),
-            fd: Fd(-1),
-            program: String::new(),
         };
         for addr in blocked {
-            nsenter(&["xdp-filter", "ip", addr, "-m", "src"])?;
+            xdp_filter(ns, &["ip", addr, "-m", "src"])?;
         }
         let out = ns.exec(&["ip", "-j", "-d", "link", "show", &ifname])?;
         let link: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -172,27 +178,20 @@ impl<'a> XdpFilter<'a> {
         let id = prog["id"]
             .as_u64()
             .with_context(|| format!("no XDP program on {ifname} after xdp-filter load: {link}"))?;
-        filter.program = prog["name"].as_str().unwrap_or("?").to_owned();
         let mut attr = BpfAttr::new();
         attr.u32(0, id as u32);
         let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
             .with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
-        filter.fd = Fd(fd as libc::c_int);
-        Ok(filter)
+        Ok(XdpFilter {
+            fd: Fd(fd as libc::c_int),
+            program: prog["name"].as_str().unwrap_or("?").to_owned(),
+            _loaded: loaded,
+        })
     }
 
     /// `BPF_PROG_TEST_RUN` of xdp-filter's program: the verdict and mean ns per run.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, u64)> {
         test_run(&self.fd, frame, repeat).context("BPF_PROG_TEST_RUN of xdp-filter")
-    }
-}
-
-impl Drop for XdpFilter<'_> {
-    fn drop(&mut self) {
-        let net = format!("--net={}", self.ns.path().display());
-        let _ = Command::new("nsenter")
-            .args([net.as_str(), "xdp-filter", "unload", &self.ifname])
-            .output();
     }
 }
 

@@ -180,14 +180,23 @@ pub fn read_misc(paths: &Paths) -> Result<Vec<u64>, KernelError> {
     Ok(out)
 }
 
-/// What the CPUs hold of over-limit drops (see `PendingDrops`): each CPU holds one source's.
-/// A filter pinned by a floodwall from before `PENDING_DROPS` counts every drop in the
-/// source's state: nothing is held then.
-fn pending_drops(paths: &Paths) -> Result<Vec<PendingDrops>, KernelError> {
+/// The per-CPU array of held over-limit drops (see `PendingDrops`). `None` for a filter
+/// pinned by a floodwall from before `PENDING_DROPS`, which counts every drop in the source's
+/// state.
+fn open_pending(paths: &Paths) -> Result<Option<PerCpuArray<MapData, PendingDrops>>, KernelError> {
     if !paths.map_pin(MAP_PENDING_DROPS).exists() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let array: PerCpuArray<MapData, PendingDrops> = open_as(paths, MAP_PENDING_DROPS)?;
+    open_as(paths, MAP_PENDING_DROPS).map(Some)
+}
+
+/// What the CPUs hold now: each CPU one source's drops.
+fn held_drops(
+    pending: Option<&PerCpuArray<MapData, PendingDrops>>,
+) -> Result<Vec<PendingDrops>, KernelError> {
+    let Some(array) = pending else {
+        return Ok(Vec::new());
+    };
     let values = array.get(&0, 0).map_err(|source| KernelError::OpenMap {
         name: MAP_PENDING_DROPS,
         source,
@@ -195,26 +204,22 @@ fn pending_drops(paths: &Paths) -> Result<Vec<PendingDrops>, KernelError> {
     Ok(values.iter().filter(|p| p.count != 0).copied().collect())
 }
 
-fn held_drops(pending: &[PendingDrops], key: &SourceKey) -> u64 {
-    pending
-        .iter()
-        .filter(|p| p.key == *key)
-        .map(|p| p.count)
-        .sum()
+fn held_for(held: &[PendingDrops], key: &SourceKey) -> u64 {
+    held.iter().filter(|p| p.key == *key).map(|p| p.count).sum()
 }
 
 /// Per-source state as `top`, bans and `explain` see it: the kernel's record, its drop count
 /// with what the CPUs still hold.
 pub struct SourceReader {
     map: HashMap<MapData, SourceKey, SourceState>,
-    paths: Paths,
+    pending: Option<PerCpuArray<MapData, PendingDrops>>,
 }
 
 impl SourceReader {
     pub fn open(paths: &Paths) -> Result<SourceReader, KernelError> {
         Ok(SourceReader {
             map: open_as(paths, MAP_SOURCES)?,
-            paths: paths.clone(),
+            pending: open_pending(paths)?,
         })
     }
 
@@ -230,7 +235,7 @@ impl SourceReader {
                 });
             }
         };
-        state.dropped += held_drops(&pending_drops(&self.paths)?, key);
+        state.dropped += held_for(&held_drops(self.pending.as_ref())?, key);
         Ok(Some(state))
     }
 }
@@ -266,12 +271,12 @@ pub fn open_events(paths: &Paths) -> Result<RingBuf<MapData>, KernelError> {
 /// Every tracked source and its state.
 pub fn read_sources(paths: &Paths) -> Result<Vec<(SourceKey, SourceState)>, KernelError> {
     let map: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
-    let pending = pending_drops(paths)?;
+    let held = held_drops(open_pending(paths)?.as_ref())?;
     let mut out = Vec::new();
     for item in map.iter() {
         match item {
             Ok((key, mut state)) => {
-                state.dropped += held_drops(&pending, &key);
+                state.dropped += held_for(&held, &key);
                 out.push((key, state));
             }
             // An LRU entry evicted while iterating: skip it.

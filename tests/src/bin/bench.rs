@@ -69,7 +69,7 @@ struct Row {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only cpus`: that section alone, printed, nothing written (for working on it).
+    // `--only SECTION`: that section alone, printed, nothing written (for working on it).
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -105,28 +105,29 @@ fn main() -> Result<()> {
     );
 
     let cpu_rounds = mode.samples * 5;
-    if only.as_deref() == Some("cpus") {
-        let cases = cpus::scaling(mode.repeat, cpu_rounds)?;
-        println!("{}", cpus::table(&cases, cpu_rounds));
-        return Ok(());
-    }
-    if only.as_deref() == Some("peer") {
-        println!("{}", peer::xdp_filter(mode.repeat, cpu_rounds)?.table());
-        return Ok(());
-    }
-    if only.as_deref() == Some("random") {
-        let bare = baseline(&mode)?;
-        let row = random_sources(&mode, bare.ns)?;
-        let base = bare.ns as f64;
-        println!("{}", table(&[bare, row], base, f64::NAN));
-        return Ok(());
-    }
-    if only.as_deref() == Some("senders") {
-        println!("{}", senders::table(&senders::two_senders(&mode)?));
-        return Ok(());
-    }
-    if let Some(other) = only {
-        bail!("--only takes `cpus`, `peer`, `random` or `senders`, not `{other}`");
+    match only.as_deref() {
+        None => {}
+        Some("cpus") => {
+            let cases = cpus::scaling(mode.repeat, cpu_rounds)?;
+            println!("{}", cpus::table(&cases, cpu_rounds));
+            return Ok(());
+        }
+        Some("peer") => {
+            println!("{}", peer::xdp_filter(mode.repeat, cpu_rounds)?.table());
+            return Ok(());
+        }
+        Some("random") => {
+            let bare = baseline(&mode)?;
+            let row = random_sources(&mode, bare.ns)?;
+            let base = bare.ns as f64;
+            println!("{}", table(&[bare, row], base, f64::NAN));
+            return Ok(());
+        }
+        Some("senders") => {
+            println!("{}", senders::table(&senders::two_senders(&mode)?));
+            return Ok(());
+        }
+        Some(other) => bail!("--only takes `cpus`, `peer`, `random` or `senders`, not `{other}`"),
     }
     let mut rows = Vec::new();
     rows.push(baseline(&mode)?);
@@ -142,8 +143,7 @@ fn main() -> Result<()> {
     let program_table = table(&rows, base, scaling);
     println!("{program_table}");
     let cpu_cases = cpus::scaling(mode.repeat, cpu_rounds)?;
-    let cpu_table = cpus::table(&cpu_cases, cpu_rounds);
-    println!("{cpu_table}");
+    println!("{}", cpus::table(&cpu_cases, cpu_rounds));
     let peer = peer::xdp_filter(mode.repeat, cpu_rounds)?;
     println!("{}", peer.table());
 
@@ -183,7 +183,7 @@ fn main() -> Result<()> {
         senders: &two_senders,
     };
     write_json(&root, &report)?;
-    write_markdown(&root, &report, &program_table, &cpu_table, &tput_table)?;
+    write_markdown(&root, &report, &program_table, &tput_table)?;
     eprintln!(
         "wrote {} and {}",
         root.join("BENCHMARKS.md").display(),
@@ -407,31 +407,14 @@ fn floodwall_cases(mode: &Mode) -> Result<Vec<Row>> {
     drop(maps);
     drop(loaded);
 
-    // "Random source": the newcomer path. A stateless source while admission is exhausted
-    // (new_sources 1 spent by a first newcomer, newcomer_pps 1 spent by a second), so the
-    // same frame repeated is never admitted and stays on the path every spoofed packet of a
-    // random-source flood takes. Fresh program, fresh bench source per sample; the buckets are
-    // reset and drained before each sample so no refill admits it between samples.
-    let fresh = Loaded::new()?;
-    let limits = Limits {
-        pps: 1000,
-        new_sources: 1,
-        newcomer_pps: 1,
-        ..Limits::default()
-    };
-    fresh.set_limits(&limits)?;
-    let drained = std::cell::Cell::new(0u8);
+    // "Random source": the newcomer path, a fresh bench source per sample.
+    let shed = Shed::new()?;
     let before_each = |i: usize| -> Result<Vec<u8>> {
-        fresh.set_limits(&limits)?;
-        for _ in 0..4 {
-            let n = drained.get().wrapping_add(1);
-            drained.set(n);
-            fresh.run(&frames::udp(v4(10, 3, 1, n), PAYLOAD))?;
-        }
+        shed.drain()?;
         Ok(frames::udp(v4(10, 3, 2, i as u8 + 1), PAYLOAD))
     };
     rows.push(measure(
-        &fresh,
+        &shed.loaded,
         mode,
         "random source (newcomer path: stateless, admission exhausted)",
         XDP_DROP,
@@ -439,9 +422,49 @@ fn floodwall_cases(mode: &Mode) -> Result<Vec<Row>> {
         Some(KNOWN_TARGET),
         &before_each,
     )?);
-    drop(fresh);
+    drop(shed);
     rows.push(random_sources(mode, rows[0].ns)?);
     Ok(rows)
+}
+
+/// A program on which a stateless source stays stateless: admission lets one new source a
+/// second in (new_sources 1) and newcomers one frame a second (newcomer_pps 1), and `drain`
+/// spends both, so the same frame repeated stays on the path every spoofed packet of a
+/// random-source flood takes.
+struct Shed {
+    loaded: Loaded,
+    limits: Limits,
+    drained: std::cell::Cell<u8>,
+}
+
+impl Shed {
+    fn new() -> Result<Shed> {
+        let limits = Limits {
+            pps: COMPARE_PPS,
+            new_sources: 1,
+            newcomer_pps: 1,
+            ..Limits::default()
+        };
+        let loaded = Loaded::new()?;
+        loaded.set_limits(&limits)?;
+        Ok(Shed {
+            loaded,
+            limits,
+            drained: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Resets the buckets and spends them with newcomers of its own, so that no refill admits
+    /// the measured source before the next measurement.
+    fn drain(&self) -> Result<()> {
+        self.loaded.set_limits(&self.limits)?;
+        for _ in 0..4 {
+            let n = self.drained.get().wrapping_add(1);
+            self.drained.set(n);
+            self.loaded.run(&frames::udp(v4(10, 3, 1, n), PAYLOAD))?;
+        }
+        Ok(())
+    }
 }
 
 /// A new random source on every run: the packet source rewrites the frame's source (a random
@@ -1579,7 +1602,6 @@ fn write_markdown(
     root: &Path,
     r: &Report<'_>,
     program_table: &str,
-    cpu_table: &str,
     tput_table: &str,
 ) -> Result<()> {
     let (mode, m) = (r.mode, r.machine);
@@ -1782,6 +1804,7 @@ should have carried them began); the periodic full pull (`resync_secs`) repaired
         sender_samples = mode.tput_samples * senders::SAMPLES_FACTOR,
         senders_table = senders::table(r.senders),
         peer_table = r.peer.table(),
+        cpu_table = cpus::table(r.cpus, r.cpu_rounds),
         syn_flood_table = r.syn_flood.table(),
         clients = r.syn_flood.clients,
         entries = r.control.entries,

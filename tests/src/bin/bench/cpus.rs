@@ -77,39 +77,19 @@ pub fn scaling(repeat: u32, rounds: usize) -> Result<Vec<CpuCase>> {
         program::cpus()
     );
     // The veth rows' limits: 1000 pps per source, default admission.
-    let limits = Limits {
-        pps: 1000,
-        ..Limits::default()
-    };
     let limited = Loaded::new()?;
-    limited.set_limits(&limits)?;
+    limited.set_limits(&Limits {
+        pps: crate::COMPARE_PPS,
+        ..Limits::default()
+    })?;
     limited.add(ListKind::Block, &["203.0.113.0/24"], None)?;
     let over = frames::udp(v4(10, 1, 0, 2), PAYLOAD);
     let passing = Loaded::new()?;
-    passing.set_limits(&Limits {
-        pps: 1_000_000_000,
-        burst: 1_000_000_000,
-        ..Limits::default()
-    })?;
-    // Newcomers: a source kept stateless (admission 1/s, spent before every round, as in the
-    // program-cost row), so every run takes the path of a spoofed frame.
-    let shed = Loaded::new()?;
-    let shed_limits = Limits {
-        pps: 1000,
-        new_sources: 1,
-        newcomer_pps: 1,
-        ..Limits::default()
-    };
-    let drain = std::cell::Cell::new(0u8);
-    let drain_admission = || -> Result<()> {
-        shed.set_limits(&shed_limits)?;
-        for _ in 0..4 {
-            let n = drain.get().wrapping_add(1);
-            drain.set(n);
-            shed.run(&frames::udp(v4(10, 3, 1, n), PAYLOAD))?;
-        }
-        Ok(())
-    };
+    passing.set_limits(&crate::generous())?;
+    // Newcomers: a source kept stateless (drained before every round, as in the program-cost
+    // row), so every run takes the path of a spoofed frame.
+    let shed = crate::Shed::new()?;
+    let drain_admission = || shed.drain();
     let spend_burst = || -> Result<()> {
         limited.run_repeat(&over, 2_000)?;
         Ok(())
@@ -139,7 +119,7 @@ pub fn scaling(repeat: u32, rounds: usize) -> Result<Vec<CpuCase>> {
         Case {
             name: "newcomers (stateless source, admission spent)",
             flood: true,
-            loaded: &shed,
+            loaded: &shed.loaded,
             frame: frames::udp(v4(10, 3, 2, 1), PAYLOAD),
             verdict: XDP_DROP,
             reason: Reason::NewcomerLimited,

@@ -2,7 +2,7 @@
 //! through `BPF_PROG_TEST_RUN`, interleaved round by round so both see the same machine.
 
 use anyhow::{Result, ensure};
-use floodwall::{limits::Limits, state::ListKind};
+use floodwall::state::ListKind;
 use floodwall_tests::{
     frames,
     netns::Netns,
@@ -48,12 +48,8 @@ fn rows_for(features: &'static str, repeat: u32, rounds: usize) -> Result<Vec<Pe
     let peer = XdpFilter::load(&ns, features, &[BLOCKED])?;
     let fw = Loaded::new()?;
     // A per-source limit the measured frames never reach: the passing source goes through
-    // the limiter (state lookup, both clocks of GCRA) and passes.
-    fw.set_limits(&Limits {
-        pps: 1_000_000_000,
-        burst: 1_000_000_000,
-        ..Limits::default()
-    })?;
+    // the limiter (state lookup, clock, GCRA) and passes.
+    fw.set_limits(&crate::generous())?;
     fw.add(ListKind::Block, &[BLOCKED], None)?;
     let blocked = frames::udp(BLOCKED.parse()?, PAYLOAD);
     let passing = frames::udp(v4(198, 51, 100, 8), PAYLOAD);
