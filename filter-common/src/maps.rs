@@ -47,6 +47,63 @@ pub const fn net_cover_range(top16: u16, prefix_len: u32) -> (u16, u16) {
     let first = (top16 as u32) & !span;
     (first as u16, (first | span) as u16)
 }
+/// Which exact hosts each list may hold: one bit per [`addr_bit`] of the address,
+/// [`HOST_COVER_WORDS`] words per list and family at [`host_cover_base`]. The kernel skips the
+/// host lookup for an address whose bit is clear. The controller sets a host's bit before it
+/// inserts the host, so a clear bit never hides one; a bit left set by a host that went costs
+/// only a lookup, and recovery (also `attach`) rebuilds the bits from the maps. Memory-mapped
+/// by the controller, which sets bits with atomic operations.
+pub const MAP_HOST_COVER: &str = "HOST_COVER";
+pub const HOST_COVER_LOG2: u32 = 20;
+pub const HOST_COVER_WORDS: u32 = 1 << (HOST_COVER_LOG2 - 6);
+pub const HOST_COVER_ENTRIES: u32 = 4 * HOST_COVER_WORDS;
+
+/// First word of a list's host bits, in the order of [`net_cover_base`].
+#[inline(always)]
+pub const fn host_cover_base(allow: bool, v4: bool) -> u32 {
+    let list = if allow { 0 } else { 2 };
+    let family = if v4 { 0 } else { 1 };
+    (list + family) * HOST_COVER_WORDS
+}
+
+/// Which sources may have state in `SOURCES`: one bit per [`addr_bit`] of the key, in two
+/// generations of [`KNOWN_WORDS`] words. The kernel looks a source up only if its bit is set
+/// in the generation `MAP_KNOWN_ACTIVE` names, so a spoofed flood's random sources (nearly all
+/// bits clear) skip the state lookup, which misses the cache for a random key. The kernel sets
+/// a source's bit in both generations once the source has state; the controller rebuilds the
+/// idle generation from `SOURCES` (so sources gone from the map stop costing a lookup) and
+/// then makes it the active one. See `kernel::rebuild_known` for why no known source is ever
+/// missed.
+pub const MAP_KNOWN: &str = "KNOWN";
+pub const MAP_KNOWN_ACTIVE: &str = "KNOWN_ACTIVE";
+pub const KNOWN_LOG2: u32 = 21;
+pub const KNOWN_WORDS: u32 = 1 << (KNOWN_LOG2 - 6);
+pub const KNOWN_ENTRIES: u32 = 2 * KNOWN_WORDS;
+
+/// The bit of an address (its four words as [`SourceKey::words`] reads them) in a bitmap of
+/// `2^log2` bits: the top bits of a multiplicative hash, the same on both sides.
+#[inline(always)]
+pub const fn addr_bit(w: [u32; 4], log2: u32) -> u32 {
+    let lo = (w[0] as u64) | ((w[1] as u64) << 32);
+    let hi = (w[2] as u64) | ((w[3] as u64) << 32);
+    let x = (lo ^ hi.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> (64 - log2)) as u32
+}
+
+/// A source key's bit in a `KNOWN` generation.
+#[inline(always)]
+pub fn known_bit(key: &SourceKey) -> u32 {
+    let mut w = key.words();
+    w[1] ^= key.family;
+    addr_bit(w, KNOWN_LOG2)
+}
+
+/// A host's bit in its list's `HOST_COVER` bits.
+#[inline(always)]
+pub fn host_cover_bit(key: &SourceKey) -> u32 {
+    addr_bit(key.words(), HOST_COVER_LOG2)
+}
+
 pub const MAP_SYN_ACTIVE: &str = "SYN_ACTIVE";
 pub const MAP_PROGRAMS: &str = "PROGRAMS";
 /// The SYN challenge's program and its slot in `PROGRAMS`.
@@ -271,6 +328,15 @@ pub struct SourceKey {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<SourceKey>() == 20);
+
+impl SourceKey {
+    /// The address as four native-endian words, read aligned.
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 4] {
+        // SAFETY: `addr` sits at offset 4 of a 4-aligned `repr(C)` struct: four aligned u32s.
+        unsafe { core::ptr::read(self.addr.as_ptr().cast::<[u32; 4]>()) }
+    }
+}
 
 /// One global bucket's GCRA arrival time, alone in its cache line: a frame that takes a
 /// token from one bucket must not take the line of another away from the CPUs reading it.

@@ -14,7 +14,7 @@ mod syn;
 mod sync;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST, xdp_action},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_NOEXIST, xdp_action},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
@@ -27,20 +27,21 @@ use filter_common::{
     Bucket, CONFIG_SLOTS, COUNTER_ENTRIES, COUNTER_SLOTS, Config, Counter, DEFAULT_HOST_ENTRIES,
     DEFAULT_NET_ENTRIES, DEFAULT_SOURCES, DropEvent, EVENT_RING_BYTES, EVENT_SEEN_ENTRIES,
     FAMILY_V4, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_EVENTS, GLOBAL_NEWCOMER, GLOBAL_PKT,
-    GLOBAL_SLOTS, GLOBAL_TRACE, GlobalBucket, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET,
-    LIST_ALLOW6_HOST, LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST,
-    LIST_BLOCK6_NET, ListEntry, MISC_ADMITTED, MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL,
-    MISC_EVENTS_SENT, MISC_EVENTS_SUPPRESSED, MISC_SLOTS, MISC_SOURCE_INSERT_FAILED,
-    MISC_SYN_HANDOVER_FAILED, MISC_TRACE_SUPPRESSED, NET_COVER_ENTRIES, PENDING_DROPS_NS,
-    PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE, PROGRAM_SLOTS, PendingDrops, Reason, SourceKey,
-    SourceState, TraceConfig, TraceRecord, byte_cost, counter_index, mask_prefix, net_cover_base,
+    GLOBAL_SLOTS, GLOBAL_TRACE, GlobalBucket, HOST_COVER_ENTRIES, IFINDEX_LIMIT, KNOWN_ENTRIES,
+    KNOWN_WORDS, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST, LIST_ALLOW6_NET,
+    LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET, ListEntry, MISC_ADMITTED,
+    MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT, MISC_EVENTS_SUPPRESSED,
+    MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, MISC_SYN_HANDOVER_FAILED, MISC_TRACE_SUPPRESSED,
+    NET_COVER_ENTRIES, PENDING_DROPS_NS, PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE, PROGRAM_SLOTS,
+    PendingDrops, Reason, SourceKey, SourceState, TraceConfig, TraceRecord, byte_cost,
+    counter_index, host_cover_base, host_cover_bit, known_bit, mask_prefix, net_cover_base,
     syn::PROTO_TCP,
 };
 
 use crate::{
     parse::{Parsed, parse},
     syn::Syn,
-    sync::atomic_add,
+    sync::{atomic_add, atomic_or},
 };
 
 /// Two records and the index of the live one (see `MAP_CONFIG_ACTIVE`).
@@ -81,6 +82,15 @@ static FRAME_KEY: PerCpuArray<SourceKey> = PerCpuArray::with_max_entries(1, 0);
 /// Which /16s each list's prefixes may cover (see `filter_common::MAP_NET_COVER`).
 #[map]
 static NET_COVER: Array<u64> = Array::pinned(NET_COVER_ENTRIES, 0);
+/// Which hosts each list may hold (see `filter_common::MAP_HOST_COVER`).
+#[map]
+static HOST_COVER: Array<u64> = Array::pinned(HOST_COVER_ENTRIES, BPF_F_MMAPABLE);
+/// Which sources may have state, in two generations (see `filter_common::MAP_KNOWN`), and
+/// which generation is read.
+#[map]
+static KNOWN: Array<u64> = Array::pinned(KNOWN_ENTRIES, BPF_F_MMAPABLE);
+#[map]
+static KNOWN_ACTIVE: Array<u32> = Array::pinned(1, 0);
 /// Per CPU: over-limit drops of one source not yet added to its shared state.
 #[map]
 static PENDING_DROPS: PerCpuArray<PendingDrops> = PerCpuArray::pinned(1, 0);
@@ -395,8 +405,12 @@ impl Frame {
     #[inline(always)]
     fn new() -> Option<Frame> {
         let cache = FRAME.get_ptr_mut(0)?;
+        // Two word stores: an array assignment compiles to a call to `memset`.
         // SAFETY: this CPU's own element, valid for this run.
-        unsafe { *cache = [0, 0] };
+        unsafe {
+            core::ptr::write_volatile(&mut (*cache)[0], 0);
+            core::ptr::write_volatile(&mut (*cache)[1], 0);
+        }
         Some(Frame { cache })
     }
 
@@ -545,7 +559,7 @@ fn listed(
     allow: bool,
     frame: &mut Frame,
 ) -> bool {
-    if lists & host_bit != 0 {
+    if lists & host_bit != 0 && host_covered(src, allow) {
         let entry = if src.family == FAMILY_V4 {
             let addr = [src.addr[0], src.addr[1], src.addr[2], src.addr[3]];
             // SAFETY: the value is copied out at once; a concurrent delete may at worst make
@@ -632,6 +646,39 @@ fn covered(src: &SourceKey, allow: bool) -> bool {
         .is_none_or(|bits| bits & (1u64 << (top16 % 64)) != 0)
 }
 
+/// Whether the list could hold `src` as an exact host: its bit. A hash lookup of an address
+/// the list does not hold costs as much as a hit (and for a random address, a cache miss).
+#[inline(always)]
+fn host_covered(src: &SourceKey, allow: bool) -> bool {
+    let bit = host_cover_bit(src);
+    let word = host_cover_base(allow, src.family == FAMILY_V4) + bit / 64;
+    HOST_COVER
+        .get(word)
+        .is_none_or(|bits| bits & (1u64 << (bit % 64)) != 0)
+}
+
+/// Whether `key` may have state: its bit in the active `KNOWN` generation.
+#[inline(always)]
+fn maybe_known(key: &SourceKey) -> bool {
+    let generation = KNOWN_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let bit = known_bit(key);
+    KNOWN
+        .get(generation * KNOWN_WORDS + bit / 64)
+        .is_none_or(|bits| bits & (1u64 << (bit % 64)) != 0)
+}
+
+/// Sets `key`'s bit in both `KNOWN` generations, once it has state: atomically, since other
+/// CPUs and the controller's rebuild write the same words.
+#[inline(always)]
+fn mark_known(key: &SourceKey) {
+    let bit = known_bit(key);
+    for generation in 0..2 {
+        if let Some(word) = KNOWN.get_ptr_mut(generation * KNOWN_WORDS + bit / 64) {
+            atomic_or(word, 1u64 << (bit % 64));
+        }
+    }
+}
+
 /// The source's key, written into this CPU's `FRAME_KEY`; `None` only if the per-CPU array
 /// is missing its element.
 #[inline(always)]
@@ -673,7 +720,12 @@ fn limit_source(
         return Reason::NewcomerLimited;
     };
     let now = frame.now();
-    let state = match SOURCES.get_ptr_mut(key) {
+    let state = if maybe_known(key) {
+        SOURCES.get_ptr_mut(key)
+    } else {
+        None
+    };
+    let state = match state {
         Some(state) => state,
         None => {
             // A malformed frame has no transport header the challenge could answer.
@@ -724,6 +776,9 @@ fn admit(key: &SourceKey) -> Option<*mut SourceState> {
     {
         bump(MISC_ADMITTED);
     }
+    // After the insert: a rebuild that clears the bit first finds the state (see
+    // `filter_common::MAP_KNOWN`).
+    mark_known(key);
     let state = SOURCES.get_ptr_mut(key);
     if state.is_none() {
         bump(MISC_SOURCE_INSERT_FAILED);
@@ -813,13 +868,7 @@ fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64) {
 /// BPF has not, and every branch here would multiply the paths the verifier walks.
 #[inline(always)]
 fn same_source(a: &SourceKey, b: &SourceKey) -> bool {
-    // SAFETY: `addr` sits at offset 4 of a 4-aligned struct: four aligned u32s.
-    let (x, y) = unsafe {
-        (
-            core::ptr::read(a.addr.as_ptr().cast::<[u32; 4]>()),
-            core::ptr::read(b.addr.as_ptr().cast::<[u32; 4]>()),
-        )
-    };
+    let (x, y) = (a.words(), b.words());
     ((a.family ^ b.family) | (x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0
 }
 

@@ -1,8 +1,8 @@
 //! Lock-free updates of state shared between CPUs: GCRA by compare-and-swap, counters by
 //! atomic add. `AtomicU64` has no compare-and-swap on bpfel, so the intrinsics are used
-//! directly; they compile to `cmpxchg_64` and `lock xadd`.
+//! directly; they compile to `cmpxchg_64`, `lock xadd` and `lock or`. Bitmaps by atomic or.
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or as or, atomic_xadd};
 
 use filter_common::{Bucket, gcra};
 
@@ -42,4 +42,10 @@ pub fn gcra_cas(tat: *mut u64, bucket: &Bucket, cost: u64, now: u64) -> Option<b
 pub fn atomic_add(dst: *mut u64, value: u64) {
     // SAFETY: `dst` points into a map value, valid and aligned for this program run.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, value) };
+}
+
+#[inline(always)]
+pub fn atomic_or(dst: *mut u64, bits: u64) {
+    // SAFETY: `dst` points into a map value, valid and aligned for this program run.
+    unsafe { or::<u64, u64, { AtomicOrdering::Relaxed }>(dst, bits) };
 }

@@ -93,6 +93,14 @@ pub struct RunOptions {
 const MAX_EVENTS_PER_POLL: usize = 10_000;
 /// How often map fill is checked against `map_fill_percent`.
 const FILL_CHECK: Duration = Duration::from_secs(10);
+/// How often the `KNOWN` bitmap's fill is checked, and the share of its bits (one in
+/// `KNOWN_REBUILD_SHARE`) above which it is rebuilt from `SOURCES`. A spoofed flood admits
+/// up to `new_sources` a second; their bits stay set after the LRU evicts them, so the share of
+/// random sources that cost a state lookup grows until a rebuild. The bits must also have
+/// doubled since the last rebuild, so that a `SOURCES` sized near the bitmap is not rescanned
+/// every check.
+const KNOWN_CHECK: Duration = Duration::from_secs(10);
+const KNOWN_REBUILD_SHARE: u64 = 8;
 
 pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
     let config_path = options
@@ -368,6 +376,9 @@ struct Watch {
     fill_alerts: HashSet<&'static str>,
     /// When map fill was last checked.
     last_fill_check: Option<Instant>,
+    /// When the `KNOWN` bitmap's fill was last checked, and its bits after the last rebuild.
+    last_known_check: Option<Instant>,
+    known_rebuilt: u64,
     /// The state file as last read, or as this process last wrote it.
     state_seen: Option<crate::state::Stamp>,
     /// Changes this process made itself (bans, CrowdSec), followed without reading them back.
@@ -402,6 +413,8 @@ impl Watch {
             drop_alert: false,
             fill_alerts: HashSet::new(),
             last_fill_check: None,
+            last_known_check: None,
+            known_rebuilt: 0,
             state_seen: None,
             next_expiry: None,
             allowlist: Vec::new(),
@@ -552,6 +565,34 @@ impl Watch {
         }
         self.alerts(paths);
         self.syn_challenge(paths);
+        self.known(paths);
+    }
+
+    /// Rebuilds the `KNOWN` bitmap when too many of its bits belong to sources long gone.
+    fn known(&mut self, paths: &Paths) {
+        if self
+            .last_known_check
+            .is_some_and(|at| at.elapsed() < KNOWN_CHECK)
+        {
+            return;
+        }
+        self.last_known_check = Some(Instant::now());
+        let bits = 1u64 << filter_common::KNOWN_LOG2;
+        match kernel::known_fill(paths) {
+            Ok((_, set)) if set * KNOWN_REBUILD_SHARE <= bits || set <= 2 * self.known_rebuilt => {}
+            Ok(_) => match kernel::rebuild_known(paths) {
+                Ok(r) => {
+                    self.known_rebuilt = r.after;
+                    info!(
+                        "known-source bitmap rebuilt: {} of {bits} bits set for {} sources with \
+                     state (was {})",
+                        r.after, r.sources, r.before
+                    );
+                }
+                Err(e) => warn!("cannot rebuild the known-source bitmap: {e}"),
+            },
+            Err(e) => warn!("cannot read the known-source bitmap: {e}"),
+        }
     }
 
     /// The store's generation, through a connection kept open across ticks (reopened after

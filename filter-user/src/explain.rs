@@ -7,8 +7,8 @@
 use std::net::IpAddr;
 
 use filter_common::{
-    Bucket, Config, FAMILY_V4, FAMILY_V6, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_NEWCOMER,
-    GLOBAL_PKT, Reason, SourceKey, SourceState, byte_cost, gcra, mask_prefix,
+    Bucket, Config, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_NEWCOMER, GLOBAL_PKT, Reason,
+    SourceState, byte_cost, gcra, mask_prefix,
 };
 use serde::Serialize;
 
@@ -125,19 +125,11 @@ pub fn explain(paths: &Paths, addr: IpAddr, len: u64) -> Result<Explanation, Exp
         None
     };
 
-    let mut key = SourceKey {
-        family: if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
-        addr: [0; 16],
-    };
-    let prefix = match addr {
-        IpAddr::V4(a) => {
-            key.addr[..4].copy_from_slice(&a.octets());
-            config.prefix4
-        }
-        IpAddr::V6(a) => {
-            key.addr = a.octets();
-            config.prefix6
-        }
+    let mut key = kernel::source_key(addr);
+    let prefix = if addr.is_ipv4() {
+        config.prefix4
+    } else {
+        config.prefix6
     };
     mask_prefix(&mut key.addr, prefix);
     let masked = match addr {

@@ -606,6 +606,9 @@ pub(crate) fn reconcile(
             maps.remove(cidr)?;
         }
     }
+    // Pruned, the maps end up holding exactly the store's live entries: the hosts among them
+    // are the host bits to keep.
+    let mut hosts = crate::kernel::HostCoverBits::default();
     store.for_each_live_batch(
         kind,
         now,
@@ -615,9 +618,19 @@ pub(crate) fn reconcile(
                 .iter()
                 .map(|r| (r.cidr, kernel_entry(r, unow, mnow)))
                 .collect();
-            Ok(maps.insert_all(&entries)?)
+            maps.insert_all(&entries)?;
+            if prune {
+                for r in records.iter().filter(|r| r.cidr.is_host()) {
+                    hosts.add(r.cidr.addr());
+                }
+            }
+            Ok(())
         },
-    )
+    )?;
+    if prune {
+        maps.replace_host_cover(&hosts);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

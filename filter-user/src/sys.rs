@@ -1,9 +1,10 @@
 //! The `bpf(2)` commands aya 0.14 does not wrap: walking keys without reading values, and
-//! batched updates for large imports.
+//! batched updates for large imports, and batched reads that walk a hash map by bucket.
 
 use std::os::fd::{AsFd, AsRawFd as _};
 
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// `union bpf_attr`, large enough for every command used here; unused bytes stay zero.
@@ -50,4 +51,31 @@ pub fn map_update_batch(
     attr.0[3] = values.as_ptr() as u64;
     attr.0[4] = u64::from(count) | ((fd.as_fd().as_raw_fd() as u64) << 32);
     bpf(BPF_MAP_UPDATE_BATCH, &mut attr)
+}
+
+/// Reads up to `keys.len() / key_size` entries (keys and values packed back to back) after
+/// the position `cursor` (`None`: from the start). Returns how many were read and the
+/// position after them, or `None` as position once the map is done. A hash map is walked by
+/// bucket, so, unlike `map_next_key`, an entry deleted meanwhile does not restart the walk and
+/// every entry present throughout is read once.
+pub fn map_lookup_batch(
+    fd: impl AsFd,
+    cursor: Option<u64>,
+    keys: &mut [u8],
+    values: &mut [u8],
+    count: u32,
+) -> std::io::Result<(u32, Option<u64>)> {
+    let in_batch = cursor.unwrap_or(0);
+    let mut out_batch = 0u64;
+    let mut attr = Attr([0; 16]);
+    attr.0[0] = cursor.map_or(0, |_| &in_batch as *const u64 as u64);
+    attr.0[1] = &mut out_batch as *mut u64 as u64;
+    attr.0[2] = keys.as_mut_ptr() as u64;
+    attr.0[3] = values.as_mut_ptr() as u64;
+    attr.0[4] = u64::from(count) | ((fd.as_fd().as_raw_fd() as u64) << 32);
+    match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        Ok(()) => Ok((attr.0[4] as u32, Some(out_batch))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.0[4] as u32, None)),
+        Err(e) => Err(e),
+    }
 }

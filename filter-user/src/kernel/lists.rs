@@ -2,6 +2,33 @@
 
 use super::*;
 
+/// A list's host bits built up in memory, for [`ListMaps::replace_host_cover`].
+pub struct HostCoverBits {
+    v4: Vec<u64>,
+    v6: Vec<u64>,
+}
+
+impl Default for HostCoverBits {
+    fn default() -> Self {
+        HostCoverBits {
+            v4: vec![0; HOST_COVER_WORDS as usize],
+            v6: vec![0; HOST_COVER_WORDS as usize],
+        }
+    }
+}
+
+impl HostCoverBits {
+    pub fn add(&mut self, addr: IpAddr) {
+        let bit = host_cover_bit(&source_key(addr)) as usize;
+        let bits = if addr.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
+        bits[bit / 64] |= 1 << (bit % 64);
+    }
+}
+
 /// The four maps of one list.
 pub struct ListMaps {
     kind: ListKind,
@@ -11,6 +38,8 @@ pub struct ListMaps {
     net6: LpmTrie<MapData, [u8; 16], ListEntry>,
     /// The /16s the list's prefixes may cover (`MAP_NET_COVER`).
     cover: Array<MapData, u64>,
+    /// The hosts the list may hold (`MAP_HOST_COVER`).
+    hosts: Bitmap,
 }
 
 impl ListMaps {
@@ -23,7 +52,27 @@ impl ListMaps {
             host6: open_as(paths, h6)?,
             net6: open_as(paths, n6)?,
             cover: open_as(paths, MAP_NET_COVER)?,
+            hosts: host_cover(paths)?,
         })
+    }
+
+    /// Sets the bit of `addr` (an exact host), so the kernel looks it up. Done before the host
+    /// is inserted, as in [`Self::cover`].
+    fn cover_host(&self, addr: IpAddr) {
+        let key = source_key(addr);
+        let base = host_cover_base(self.kind == ListKind::Allow, addr.is_ipv4());
+        self.hosts.set(base, host_cover_bit(&key));
+    }
+
+    /// Drops the host bits of hosts the list no longer holds: each family's bits become
+    /// `hosts`' exactly. Only with the lock held, once the maps hold every host of `hosts` and
+    /// no other.
+    pub fn replace_host_cover(&self, hosts: &HostCoverBits) {
+        let allow = self.kind == ListKind::Allow;
+        self.hosts
+            .store_all(host_cover_base(allow, true), &hosts.v4);
+        self.hosts
+            .store_all(host_cover_base(allow, false), &hosts.v6);
     }
 
     /// Sets the cover bits of the /16s `cidr` (a prefix) reaches, so the kernel looks it up
@@ -66,7 +115,9 @@ impl ListMaps {
             prefix_len: u32::from(cidr.prefix_len()),
             ..*entry
         };
-        if !cidr.is_host() {
+        if cidr.is_host() {
+            self.cover_host(cidr.addr());
+        } else {
             self.cover(cidr)?;
         }
         let (name, result) = match (cidr.addr(), cidr.is_host()) {
@@ -190,6 +241,7 @@ impl ListMaps {
                 let mut keys = Vec::with_capacity(chunk.len() * 16);
                 let mut values = Vec::with_capacity(chunk.len() * size_of::<ListEntry>());
                 for (cidr, entry) in chunk {
+                    self.cover_host(cidr.addr());
                     match cidr.addr() {
                         IpAddr::V4(a) => keys.extend_from_slice(&a.octets()),
                         IpAddr::V6(a) => keys.extend_from_slice(&a.octets()),

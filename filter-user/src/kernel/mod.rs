@@ -2,8 +2,10 @@
 //! interfaces, and typed handles on the pinned maps for the short-lived commands.
 //!
 //! `program`: loading, pinning, attaching and detaching; `maps`: the config record, counters,
-//! per-source state, events and fill; `lists`: the allowlist and blocklist maps.
+//! per-source state, events and fill; `lists`: the allowlist and blocklist maps; `bitmap`: the
+//! memory-mapped bitmaps that let the kernel skip lookups (`HOST_COVER`, `KNOWN`).
 
+mod bitmap;
 mod lists;
 mod maps;
 mod program;
@@ -23,20 +25,22 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
-    CONFIG_SLOTS, COUNTER_SLOTS, Config, Counter, GlobalBucket, IFINDEX_LIMIT, LIST_ALLOW4_HOST,
-    LIST_ALLOW4_NET, LIST_ALLOW6_HOST, LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET,
-    LIST_BLOCK6_HOST, LIST_BLOCK6_NET, LIST_MAP_NAMES, ListEntry, MAP_ALLOW4_HOST, MAP_ALLOW4_NET,
-    MAP_ALLOW6_HOST, MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_BLOCK6_HOST,
-    MAP_BLOCK6_NET, MAP_CONFIG, MAP_CONFIG_ACTIVE, MAP_COUNTERS, MAP_EVENT_SEEN, MAP_EVENTS,
-    MAP_GLOBALS, MAP_IFACE_SLOTS, MAP_MISC, MAP_NET_COVER, MAP_PENDING_DROPS, MAP_PROGRAMS,
-    MAP_SLOT_IFACES, MAP_SOURCES, MAP_SYN_ACTIVE, MAP_TRACE, MAX_INTERFACES, PROGRAM_NAME,
-    PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE, PendingDrops, Reason, SYN_PROGRAM_NAME, SourceKey,
-    SourceState, TRACE_PROGRAM_NAME, TraceConfig, counter_index, net_cover_base, net_cover_range,
+    CONFIG_SLOTS, COUNTER_SLOTS, Config, Counter, GlobalBucket, HOST_COVER_WORDS, IFINDEX_LIMIT,
+    LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST, LIST_ALLOW6_NET, LIST_BLOCK4_HOST,
+    LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET, LIST_MAP_NAMES, ListEntry, MAP_ALLOW4_HOST,
+    MAP_ALLOW4_NET, MAP_ALLOW6_HOST, MAP_ALLOW6_NET, MAP_BLOCK4_HOST, MAP_BLOCK4_NET,
+    MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_CONFIG, MAP_CONFIG_ACTIVE, MAP_COUNTERS, MAP_EVENT_SEEN,
+    MAP_EVENTS, MAP_GLOBALS, MAP_HOST_COVER, MAP_IFACE_SLOTS, MAP_KNOWN, MAP_KNOWN_ACTIVE,
+    MAP_MISC, MAP_NET_COVER, MAP_PENDING_DROPS, MAP_PROGRAMS, MAP_SLOT_IFACES, MAP_SOURCES,
+    MAP_SYN_ACTIVE, MAP_TRACE, MAX_INTERFACES, PROGRAM_NAME, PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE,
+    PendingDrops, Reason, SYN_PROGRAM_NAME, SourceKey, SourceState, TRACE_PROGRAM_NAME,
+    TraceConfig, counter_index, host_cover_base, host_cover_bit, net_cover_base, net_cover_range,
 };
 use thiserror::Error;
 
 use crate::{PROGRAM_OBJECT, cidr::Cidr, config::Capacity, paths::Paths, state::ListKind};
 
+pub use bitmap::*;
 pub use lists::*;
 pub use maps::*;
 pub use program::*;
@@ -98,6 +102,15 @@ pub enum KernelError {
         name: &'static str,
         #[source]
         source: MapError,
+    },
+    #[error(
+        "cannot map pinned map `{name}` into memory: {source}; if floodwall was upgraded, detach \
+         and attach again"
+    )]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot read the pinned program `{path}`: {source}")]
     ProgramInfo {

@@ -125,7 +125,7 @@ pub(super) fn remove_pin(path: PathBuf) -> Result<(), KernelError> {
 }
 
 /// Every map the program pins besides the list maps (`LIST_MAP_NAMES`).
-const STATE_MAP_NAMES: [&str; 15] = [
+const STATE_MAP_NAMES: [&str; 18] = [
     MAP_CONFIG,
     MAP_CONFIG_ACTIVE,
     MAP_COUNTERS,
@@ -138,6 +138,9 @@ const STATE_MAP_NAMES: [&str; 15] = [
     MAP_EVENT_SEEN,
     MAP_PENDING_DROPS,
     MAP_NET_COVER,
+    MAP_HOST_COVER,
+    MAP_KNOWN,
+    MAP_KNOWN_ACTIVE,
     MAP_SYN_ACTIVE,
     MAP_PROGRAMS,
     MAP_TRACE,

@@ -1,0 +1,263 @@
+//! The bitmaps that let the kernel skip a lookup (`HOST_COVER`, `KNOWN`): array maps of u64
+//! words the controller maps into memory, so that it sets and clears bits with the same atomic
+//! operations the kernel uses, without a system call per word and without losing a bit the
+//! kernel sets at the same moment.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use filter_common::{
+    FAMILY_V4, FAMILY_V6, KNOWN_WORDS, MAP_HOST_COVER, MAP_KNOWN, MAP_KNOWN_ACTIVE, SourceKey,
+    known_bit,
+};
+
+use aya::maps::MapFd;
+
+use super::*;
+
+/// One memory-mapped array of u64 words.
+pub struct Bitmap {
+    name: &'static str,
+    ptr: *mut AtomicU64,
+    words: usize,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics.
+unsafe impl Send for Bitmap {}
+// SAFETY: as above.
+unsafe impl Sync for Bitmap {}
+
+impl Bitmap {
+    pub fn open(paths: &Paths, name: &'static str) -> Result<Bitmap, KernelError> {
+        let map = open(paths, name)?;
+        let (fd, words) = match &map {
+            Map::Array(data) => (
+                data.fd().as_fd().as_raw_fd(),
+                data.info()
+                    .map_err(|source| KernelError::OpenMap { name, source })?
+                    .max_entries() as usize,
+            ),
+            _ => {
+                return Err(KernelError::OpenMap {
+                    name,
+                    source: MapError::InvalidMapType { map_type: 0 },
+                });
+            }
+        };
+        // SAFETY: plain sysconf.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = (words * 8).div_ceil(page) * page;
+        // SAFETY: maps the map's value area (the kernel checks the map allows it); the
+        // mapping stays valid after the map's fd closes, until `munmap` in `drop`.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(KernelError::Mmap {
+                name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Bitmap {
+            name,
+            ptr: ptr.cast(),
+            words,
+            len,
+        })
+    }
+
+    fn word(&self, index: u32) -> &AtomicU64 {
+        let index = index as usize;
+        assert!(
+            index < self.words,
+            "{}: word {index} out of range",
+            self.name
+        );
+        // SAFETY: in range of the mapping, which lives as long as `self`; 8-aligned (page).
+        unsafe { &*self.ptr.add(index) }
+    }
+
+    /// Sets bit `bit` of the bitmap that starts at word `base`.
+    pub fn set(&self, base: u32, bit: u32) {
+        self.word(base + bit / 64)
+            .fetch_or(1 << (bit % 64), Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self, base: u32, bit: u32) -> bool {
+        self.word(base + bit / 64).load(Ordering::SeqCst) & (1 << (bit % 64)) != 0
+    }
+
+    /// Sets every bit of `bits` (a whole bitmap of `bits.len()` words at `base`).
+    pub fn set_all(&self, base: u32, bits: &[u64]) {
+        for (i, b) in bits.iter().enumerate() {
+            if *b != 0 {
+                self.word(base + i as u32).fetch_or(*b, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Replaces the `bits.len()` words at `base`.
+    pub fn store_all(&self, base: u32, bits: &[u64]) {
+        for (i, b) in bits.iter().enumerate() {
+            self.word(base + i as u32).store(*b, Ordering::SeqCst);
+        }
+    }
+
+    /// Set bits among the `words` words at `base`.
+    pub fn count(&self, base: u32, words: u32) -> u64 {
+        (base..base + words)
+            .map(|i| u64::from(self.word(i).load(Ordering::Relaxed).count_ones()))
+            .sum()
+    }
+}
+
+impl Drop for Bitmap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, not used after this.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// The key of an unmasked address, as the kernel's parser writes it.
+pub fn source_key(addr: IpAddr) -> SourceKey {
+    let mut key = SourceKey {
+        family: if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+        addr: [0; 16],
+    };
+    match addr {
+        IpAddr::V4(a) => key.addr[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => key.addr = a.octets(),
+    }
+    key
+}
+
+/// Opens the hosts' bitmap (`MAP_HOST_COVER`).
+pub fn host_cover(paths: &Paths) -> Result<Bitmap, KernelError> {
+    Bitmap::open(paths, MAP_HOST_COVER)
+}
+
+/// How full the `KNOWN` bitmap's generations were around a rebuild.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownRebuild {
+    /// Set bits of the generation the kernel read before.
+    pub before: u64,
+    /// Set bits of the rebuilt generation, which the kernel reads now.
+    pub after: u64,
+    /// Sources found in `SOURCES`.
+    pub sources: u64,
+}
+
+/// The active `KNOWN` generation and its set bits.
+pub fn known_fill(paths: &Paths) -> Result<(u32, u64), KernelError> {
+    let active = known_active(paths)?;
+    let known = Bitmap::open(paths, MAP_KNOWN)?;
+    Ok((active, known.count(active * KNOWN_WORDS, KNOWN_WORDS)))
+}
+
+fn known_active(paths: &Paths) -> Result<u32, KernelError> {
+    let map: Array<MapData, u32> = open_as(paths, MAP_KNOWN_ACTIVE)?;
+    map.get(&0, 0)
+        .map(|g| g & 1)
+        .map_err(|source| KernelError::OpenMap {
+            name: MAP_KNOWN_ACTIVE,
+            source,
+        })
+}
+
+/// Whether the kernel will look `key` up in `SOURCES` (its bit in the active generation).
+pub fn is_known(paths: &Paths, key: &SourceKey) -> Result<bool, KernelError> {
+    let active = known_active(paths)?;
+    Ok(Bitmap::open(paths, MAP_KNOWN)?.is_set(active * KNOWN_WORDS, known_bit(key)))
+}
+
+/// Rebuilds the idle `KNOWN` generation from `SOURCES` and makes it the active one, so bits
+/// of sources that left the map (evicted, or never admitted past a race) stop costing the
+/// kernel a lookup. No source with state is ever missed: the idle generation is cleared
+/// first, then every key in `SOURCES` has its bit set again. A source the kernel admits
+/// after its word was cleared has its bit set by the kernel itself (it sets both
+/// generations); one admitted before had its state inserted before its bit was set, so it is
+/// in the map when the scan starts. Set and clear are atomic, on both sides. Call it from one
+/// process at a time (`floodwall run`).
+pub fn rebuild_known(paths: &Paths) -> Result<KnownRebuild, KernelError> {
+    let mut active_map: Array<MapData, u32> = open_as(paths, MAP_KNOWN_ACTIVE)?;
+    let active = active_map
+        .get(&0, 0)
+        .map_err(|source| KernelError::OpenMap {
+            name: MAP_KNOWN_ACTIVE,
+            source,
+        })?
+        & 1;
+    let idle = 1 - active;
+    let known = Bitmap::open(paths, MAP_KNOWN)?;
+    let before = known.count(active * KNOWN_WORDS, KNOWN_WORDS);
+    known.store_all(idle * KNOWN_WORDS, &vec![0; KNOWN_WORDS as usize]);
+    let sources: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
+    let mut count = 0;
+    for_each_source_key(sources.map().fd(), |key| {
+        known.set(idle * KNOWN_WORDS, known_bit(key));
+        count += 1;
+    })?;
+    active_map
+        .set(0, idle, 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_KNOWN_ACTIVE,
+            source,
+        })?;
+    Ok(KnownRebuild {
+        before,
+        after: known.count(idle * KNOWN_WORDS, KNOWN_WORDS),
+        sources: count,
+    })
+}
+
+/// Calls `f` with every key in `SOURCES`, read in batches by bucket (see
+/// `sys::map_lookup_batch`): a walk by `get_next_key` starts over whenever the key it stands
+/// on is evicted, which under a flood could repeat without end.
+fn for_each_source_key(fd: &MapFd, mut f: impl FnMut(&SourceKey)) -> Result<(), KernelError> {
+    const KEY: usize = size_of::<SourceKey>();
+    const VALUE: usize = size_of::<SourceState>();
+    let mut batch = 4096usize;
+    let mut cursor = None;
+    loop {
+        let mut keys = vec![0u8; batch * KEY];
+        let mut values = vec![0u8; batch * VALUE];
+        let (n, next) =
+            match crate::sys::map_lookup_batch(fd, cursor, &mut keys, &mut values, batch as u32) {
+                Ok(read) => read,
+                // One bucket holds more entries than the batch: read it with a bigger one.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && batch < 1 << 20 => {
+                    batch *= 4;
+                    continue;
+                }
+                Err(io_error) => {
+                    return Err(KernelError::OpenMap {
+                        name: MAP_SOURCES,
+                        source: MapError::SyscallError(aya::sys::SyscallError {
+                            call: "BPF_MAP_LOOKUP_BATCH",
+                            io_error,
+                        }),
+                    });
+                }
+            };
+        for chunk in keys[..n as usize * KEY].chunks_exact(KEY) {
+            let mut key = SourceKey::default();
+            key.family = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            key.addr.copy_from_slice(&chunk[4..]);
+            f(&key);
+        }
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
