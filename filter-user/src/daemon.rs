@@ -578,20 +578,24 @@ impl Watch {
         }
         self.last_known_check = Some(Instant::now());
         let bits = 1u64 << filter_common::KNOWN_LOG2;
-        match kernel::known_fill(paths) {
-            Ok((_, set)) if set * KNOWN_REBUILD_SHARE <= bits || set <= 2 * self.known_rebuilt => {}
-            Ok(_) => match kernel::rebuild_known(paths) {
-                Ok(r) => {
-                    self.known_rebuilt = r.after;
-                    info!(
-                        "known-source bitmap rebuilt: {} of {bits} bits set for {} sources with \
+        let known = kernel::Known::open(paths).and_then(|mut known| {
+            let set = known.fill()?;
+            if set * KNOWN_REBUILD_SHARE <= bits || set <= 2 * self.known_rebuilt {
+                return Ok(None);
+            }
+            known.rebuild().map(Some)
+        });
+        match known {
+            Ok(None) => {}
+            Ok(Some(r)) => {
+                self.known_rebuilt = r.after;
+                info!(
+                    "known-source bitmap rebuilt: {} of {bits} bits set for {} sources with \
                      state (was {})",
-                        r.after, r.sources, r.before
-                    );
-                }
-                Err(e) => warn!("cannot rebuild the known-source bitmap: {e}"),
-            },
-            Err(e) => warn!("cannot read the known-source bitmap: {e}"),
+                    r.after, r.sources, r.before
+                );
+            }
+            Err(e) => warn!("cannot rebuild the known-source bitmap: {e}"),
         }
     }
 

@@ -290,3 +290,109 @@ fn drops_are_held_per_cpu_and_still_counted_exactly() -> Result<()> {
     assert_eq!(read(src)?.dropped, seen.dropped, "counted once, not twice");
     Ok(())
 }
+
+/// The `KNOWN` bitmap lets the kernel skip the state lookup for sources without state. A
+/// rebuild (clear the idle generation, set the bits of every key in `SOURCES`, flip) runs
+/// again and again while another CPU admits thousands of new sources. After each rebuild, with
+/// the flood still running, every source with state must have its bit in the generation the
+/// kernel now reads (a source caught between its insert and its bit gets a millisecond); and
+/// once admission is spent, each must still be served as known. With `SOURCES` small, the
+/// LRU evicts most sources: a rebuild drops their bits.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn known_sources_stay_known_through_bitmap_rebuilds() -> Result<()> {
+    let fw = Loaded::with_capacity(&floodwall::config::Capacity {
+        sources: 8_192,
+        ..Default::default()
+    })?;
+    fw.set_limits(&Limits {
+        pps: 1_000,
+        burst: 100,
+        new_sources: 10_000_000,
+        ..Limits::default()
+    })?;
+    let mut known = kernel::Known::open(&fw.paths)?;
+    let duration = Duration::from_secs(3);
+    let start = Instant::now();
+    let (admitted, rebuilds, checked, missing) =
+        std::thread::scope(|s| -> Result<(u32, u32, usize, Vec<String>)> {
+            let flood = s.spawn(|| -> Result<u32> {
+                pin_to_cpu(0);
+                let mut n = 0u32;
+                while start.elapsed() < duration && n < 300_000 {
+                    n += 1;
+                    fw.run(&udp(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | n)), 64))?;
+                }
+                Ok(n)
+            });
+            pin_to_cpu(1 % cpus());
+            let (mut rebuilds, mut checked, mut missing) = (0, 0, Vec::new());
+            while !flood.is_finished() {
+                known.rebuild()?;
+                rebuilds += 1;
+                for (key, _) in kernel::read_sources(&fw.paths)? {
+                    checked += 1;
+                    if known.contains(&key)? {
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                    if !known.contains(&key)? {
+                        missing.push(format!("{:?} after rebuild {rebuilds}", key.addr));
+                    }
+                }
+            }
+            let admitted = flood
+                .join()
+                .map_err(|_| anyhow::anyhow!("flood panicked"))??;
+            Ok((admitted, rebuilds, checked, missing))
+        })?;
+    let fill = known.fill()?;
+    println!(
+        "{admitted} sources admitted during {rebuilds} rebuilds; {checked} checks of a tracked \
+         source, {} without its bit; {fill} bits set",
+        missing.len()
+    );
+    assert!(rebuilds >= 10, "only {rebuilds} rebuilds ran");
+    assert!(admitted >= 20_000, "only {admitted} sources admitted");
+    assert!(
+        missing.is_empty(),
+        "sources with state the kernel would not look up: {:?}",
+        &missing[..missing.len().min(10)]
+    );
+
+    let tracked: Vec<_> = kernel::read_sources(&fw.paths)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    let rebuilt = known.rebuild()?;
+    println!("after the flood: {rebuilt:?}");
+    assert_eq!(rebuilt.sources, tracked.len() as u64);
+    // 4,096 keys in 2^21 bits share a few by chance.
+    assert!(
+        rebuilt.after <= rebuilt.sources && rebuilt.after + 16 >= rebuilt.sources,
+        "{rebuilt:?}: the bits should be those of the tracked sources"
+    );
+
+    // Admission spent: a source without its bit would now be newcomer-limited.
+    fw.set_limits(&Limits {
+        pps: 1_000,
+        burst: 100,
+        new_sources: 1,
+        newcomer_pps: 1,
+        ..Limits::default()
+    })?;
+    let before = fw.counters()?;
+    for key in &tracked {
+        let addr = Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3]);
+        fw.run(&udp(IpAddr::V4(addr), 64))?;
+    }
+    let after = fw.counters()?;
+    let delta = |r: Reason| after[&r] - before[&r];
+    assert_eq!(
+        delta(Reason::Passed),
+        tracked.len() as u64,
+        "every tracked source is served as known: {} newcomer-limited",
+        delta(Reason::NewcomerLimited)
+    );
+    Ok(())
+}

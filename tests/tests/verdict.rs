@@ -1463,3 +1463,78 @@ fn every_address_a_prefix_covers_is_looked_up() -> Result<()> {
     }
     check(&fw, &cases)
 }
+
+/// The kernel skips the host lookup for an address whose `HOST_COVER` bit is clear: every
+/// host on a list must have its bit. Hosts that leave a list keep their bit (a lookup, no
+/// harm) until recovery rebuilds the bits from the store; after that, the hosts still listed
+/// are still dropped or allowed, and far fewer bits are set.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn every_listed_host_is_looked_up() -> Result<()> {
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    use filter_common::{HOST_COVER_WORDS, host_cover_base};
+    use floodwall::{kernel, lists, store::Store};
+    let fw = Loaded::new()?;
+    let block: Vec<String> = (0..3_000)
+        .map(|n| format!("198.18.{}.{}", n / 250, n % 250 + 1))
+        .chain((1..=500).map(|n| format!("2001:db8:feed::{n:x}")))
+        .collect();
+    let allow: Vec<String> = (1..=200).map(|n| format!("198.19.0.{n}")).collect();
+    // The first hosts one change each, the rest as one change.
+    for host in &block[..5] {
+        fw.add(ListKind::Block, &[host.as_str()], None)?;
+    }
+    fw.add(ListKind::Block, &refs(&block[5..]), None)?;
+    fw.add(ListKind::Allow, &refs(&allow), None)?;
+    let cases = |block: &[String], passing: &[String]| -> Result<Vec<Case>> {
+        let mut cases = Vec::new();
+        for (hosts, verdict, reason) in [
+            (block, XDP_DROP, Reason::Blocklisted),
+            (&allow[..], XDP_PASS, Reason::Allowlisted),
+            (passing, XDP_PASS, Reason::Passed),
+        ] {
+            for h in hosts {
+                cases.push(case(h, udp(h.parse()?, 16), verdict, reason));
+            }
+        }
+        Ok(cases)
+    };
+    check(&fw, &cases(&block, &[])?)?;
+    let bits = |v4| -> Result<u64> {
+        Ok(kernel::host_cover(&fw.paths)?.count(host_cover_base(false, v4), HOST_COVER_WORDS))
+    };
+    let full = (bits(true)?, bits(false)?);
+
+    // Remove all but every tenth blocked host.
+    let (kept, gone): (Vec<_>, Vec<_>) = block.iter().enumerate().partition(|(i, _)| i % 10 == 0);
+    let kept: Vec<String> = kept.into_iter().map(|(_, h)| h.clone()).collect();
+    let gone: Vec<String> = gone.into_iter().map(|(_, h)| h.clone()).collect();
+    let gone_cidrs = gone
+        .iter()
+        .map(|h| h.parse())
+        .collect::<Result<Vec<_>, _>>()?;
+    lists::del(&fw.paths, ListKind::Block, &gone_cidrs)?;
+    assert_eq!(
+        (bits(true)?, bits(false)?),
+        full,
+        "bits are only dropped by a rebuild"
+    );
+    check(&fw, &cases(&kept, &gone)?)?;
+
+    // Recovery rebuilds the bits from the store.
+    lists::mark_pending(&fw.paths)?;
+    lists::recover(&fw.paths, &Store::open(&fw.paths)?)?;
+    let rebuilt = (bits(true)?, bits(false)?);
+    println!(
+        "host bits: {full:?} with {} hosts, {rebuilt:?} with {} after recovery",
+        block.len(),
+        kept.len()
+    );
+    assert!(
+        rebuilt.0 <= 300 && rebuilt.1 <= 50 && rebuilt.0 >= 290 && rebuilt.1 >= 45,
+        "{rebuilt:?} bits for 300 IPv4 and 50 IPv6 hosts"
+    );
+    check(&fw, &cases(&kept, &gone)?)
+}

@@ -97,15 +97,6 @@ impl Bitmap {
         self.word(base + bit / 64).load(Ordering::SeqCst) & (1 << (bit % 64)) != 0
     }
 
-    /// Sets every bit of `bits` (a whole bitmap of `bits.len()` words at `base`).
-    pub fn set_all(&self, base: u32, bits: &[u64]) {
-        for (i, b) in bits.iter().enumerate() {
-            if *b != 0 {
-                self.word(base + i as u32).fetch_or(*b, Ordering::SeqCst);
-            }
-        }
-    }
-
     /// Replaces the `bits.len()` words at `base`.
     pub fn store_all(&self, base: u32, bits: &[u64]) {
         for (i, b) in bits.iter().enumerate() {
@@ -157,67 +148,77 @@ pub struct KnownRebuild {
     pub sources: u64,
 }
 
-/// The active `KNOWN` generation and its set bits.
-pub fn known_fill(paths: &Paths) -> Result<(u32, u64), KernelError> {
-    let active = known_active(paths)?;
-    let known = Bitmap::open(paths, MAP_KNOWN)?;
-    Ok((active, known.count(active * KNOWN_WORDS, KNOWN_WORDS)))
+/// The `KNOWN` bitmap and which generation the kernel reads.
+pub struct Known {
+    active: Array<MapData, u32>,
+    bits: Bitmap,
+    sources: HashMap<MapData, SourceKey, SourceState>,
 }
 
-fn known_active(paths: &Paths) -> Result<u32, KernelError> {
-    let map: Array<MapData, u32> = open_as(paths, MAP_KNOWN_ACTIVE)?;
-    map.get(&0, 0)
-        .map(|g| g & 1)
-        .map_err(|source| KernelError::OpenMap {
-            name: MAP_KNOWN_ACTIVE,
-            source,
+impl Known {
+    pub fn open(paths: &Paths) -> Result<Known, KernelError> {
+        Ok(Known {
+            active: open_as(paths, MAP_KNOWN_ACTIVE)?,
+            bits: Bitmap::open(paths, MAP_KNOWN)?,
+            sources: open_as(paths, MAP_SOURCES)?,
         })
-}
+    }
 
-/// Whether the kernel will look `key` up in `SOURCES` (its bit in the active generation).
-pub fn is_known(paths: &Paths, key: &SourceKey) -> Result<bool, KernelError> {
-    let active = known_active(paths)?;
-    Ok(Bitmap::open(paths, MAP_KNOWN)?.is_set(active * KNOWN_WORDS, known_bit(key)))
-}
+    /// The generation the kernel reads.
+    fn active(&self) -> Result<u32, KernelError> {
+        self.active
+            .get(&0, 0)
+            .map(|g| g & 1)
+            .map_err(|source| KernelError::OpenMap {
+                name: MAP_KNOWN_ACTIVE,
+                source,
+            })
+    }
 
-/// Rebuilds the idle `KNOWN` generation from `SOURCES` and makes it the active one, so bits
-/// of sources that left the map (evicted, or never admitted past a race) stop costing the
-/// kernel a lookup. No source with state is ever missed: the idle generation is cleared
-/// first, then every key in `SOURCES` has its bit set again. A source the kernel admits
-/// after its word was cleared has its bit set by the kernel itself (it sets both
-/// generations); one admitted before had its state inserted before its bit was set, so it is
-/// in the map when the scan starts. Set and clear are atomic, on both sides. Call it from one
-/// process at a time (`floodwall run`).
-pub fn rebuild_known(paths: &Paths) -> Result<KnownRebuild, KernelError> {
-    let mut active_map: Array<MapData, u32> = open_as(paths, MAP_KNOWN_ACTIVE)?;
-    let active = active_map
-        .get(&0, 0)
-        .map_err(|source| KernelError::OpenMap {
-            name: MAP_KNOWN_ACTIVE,
-            source,
-        })?
-        & 1;
-    let idle = 1 - active;
-    let known = Bitmap::open(paths, MAP_KNOWN)?;
-    let before = known.count(active * KNOWN_WORDS, KNOWN_WORDS);
-    known.store_all(idle * KNOWN_WORDS, &vec![0; KNOWN_WORDS as usize]);
-    let sources: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
-    let mut count = 0;
-    for_each_source_key(sources.map().fd(), |key| {
-        known.set(idle * KNOWN_WORDS, known_bit(key));
-        count += 1;
-    })?;
-    active_map
-        .set(0, idle, 0)
-        .map_err(|source| KernelError::Update {
-            name: MAP_KNOWN_ACTIVE,
-            source,
+    /// Set bits of the generation the kernel reads.
+    pub fn fill(&self) -> Result<u64, KernelError> {
+        Ok(self.bits.count(self.active()? * KNOWN_WORDS, KNOWN_WORDS))
+    }
+
+    /// Whether the kernel looks `key` up in `SOURCES` (its bit in the active generation).
+    pub fn contains(&self, key: &SourceKey) -> Result<bool, KernelError> {
+        Ok(self
+            .bits
+            .is_set(self.active()? * KNOWN_WORDS, known_bit(key)))
+    }
+
+    /// Rebuilds the idle generation from `SOURCES` and makes it the active one, so bits of
+    /// sources that left the map (evicted) stop costing the kernel a lookup. No source with
+    /// state is ever missed: the idle generation is cleared first, then every key in
+    /// `SOURCES` has its bit set again. A source the kernel admits after its word was cleared
+    /// has its bit set by the kernel itself (it sets both generations); one admitted before
+    /// had its state inserted before its bit was set, so it is in the map when the scan
+    /// starts. Set and clear are atomic, on both sides. One process at a time
+    /// (`floodwall run`).
+    pub fn rebuild(&mut self) -> Result<KnownRebuild, KernelError> {
+        let active = self.active()?;
+        let idle = 1 - active;
+        let before = self.bits.count(active * KNOWN_WORDS, KNOWN_WORDS);
+        self.bits
+            .store_all(idle * KNOWN_WORDS, &vec![0; KNOWN_WORDS as usize]);
+        let mut sources = 0;
+        let bits = &self.bits;
+        for_each_source_key(self.sources.map().fd(), |key| {
+            bits.set(idle * KNOWN_WORDS, known_bit(key));
+            sources += 1;
         })?;
-    Ok(KnownRebuild {
-        before,
-        after: known.count(idle * KNOWN_WORDS, KNOWN_WORDS),
-        sources: count,
-    })
+        self.active
+            .set(0, idle, 0)
+            .map_err(|source| KernelError::Update {
+                name: MAP_KNOWN_ACTIVE,
+                source,
+            })?;
+        Ok(KnownRebuild {
+            before,
+            after: self.bits.count(idle * KNOWN_WORDS, KNOWN_WORDS),
+            sources,
+        })
+    }
 }
 
 /// Calls `f` with every key in `SOURCES`, read in batches by bucket (see
@@ -250,8 +251,10 @@ fn for_each_source_key(fd: &MapFd, mut f: impl FnMut(&SourceKey)) -> Result<(), 
                 }
             };
         for chunk in keys[..n as usize * KEY].chunks_exact(KEY) {
-            let mut key = SourceKey::default();
-            key.family = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            let mut key = SourceKey {
+                family: u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+                addr: [0; 16],
+            };
             key.addr.copy_from_slice(&chunk[4..]);
             f(&key);
         }
