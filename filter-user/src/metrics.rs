@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-use filter_common::LIST_MAP_NAMES;
+use filter_common::{
+    HOST_COVER_LOG2, HOST_COVER_WORDS, KNOWN_LOG2, LIST_MAP_NAMES, host_cover_base,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
@@ -212,6 +214,41 @@ impl Collector for FloodwallCollector {
                 "floodwall_map_capacity",
                 "Capacity of each bounded map",
                 &capacity,
+            )?;
+        }
+        // How much of each lookup-skipping bitmap is set: the share of random addresses that
+        // still cost the kernel a hash lookup.
+        if let (Ok(known), Ok(hosts)) = (
+            kernel::Known::open(&self.paths),
+            kernel::host_cover(&self.paths),
+        ) {
+            let list =
+                |allow: bool| hosts.count(host_cover_base(allow, true), 2 * HOST_COVER_WORDS);
+            let rows = [
+                ("known", known.fill().unwrap_or(0), 1u64 << KNOWN_LOG2),
+                ("allow_hosts", list(true), 2u64 << HOST_COVER_LOG2),
+                ("block_hosts", list(false), 2u64 << HOST_COVER_LOG2),
+            ];
+            let set: Vec<_> = rows
+                .iter()
+                .map(|(b, n, _)| (labels(&[("bitmap", (*b).to_owned())]), *n as i64))
+                .collect();
+            let size: Vec<_> = rows
+                .iter()
+                .map(|(b, _, n)| (labels(&[("bitmap", (*b).to_owned())]), *n as i64))
+                .collect();
+            gauges(
+                &mut encoder,
+                "floodwall_bitmap_bits_set",
+                "Set bits of each bitmap that lets the kernel skip a lookup (known sources, \
+                 list hosts)",
+                &set,
+            )?;
+            gauges(
+                &mut encoder,
+                "floodwall_bitmap_bits",
+                "Bits of each bitmap that lets the kernel skip a lookup",
+                &size,
             )?;
         }
         Ok(())

@@ -765,6 +765,17 @@ fn sigterm_keeps_the_filter_and_a_new_run_adopts_it() -> Result<()> {
         blocklisted == Some(1.0),
         "floodwall_list_entries{{list=\"blocklist\"}} = {blocklisted:?}, want 1"
     );
+    // One host was ever blocked: one bit of the blocklist's host bits is set.
+    let host_bits = samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == "floodwall_bitmap_bits_set" && l.get("bitmap").is_some_and(|v| v == "block_hosts")
+        })
+        .map(|(_, _, v)| *v);
+    ensure!(
+        host_bits == Some(1.0),
+        "floodwall_bitmap_bits_set{{bitmap=\"block_hosts\"}} = {host_bits:?}, want 1"
+    );
     ensure!(
         round(&net, &sink, BLOCKED4, N)? == 0,
         "blocked source got through"
