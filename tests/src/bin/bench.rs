@@ -131,7 +131,7 @@ fn main() -> Result<()> {
     }
     let mut rows = Vec::new();
     rows.push(baseline(&mode)?);
-    rows.extend(floodwall_cases(&mode)?);
+    rows.extend(floodwall_cases(&mode, rows[0].ns)?);
     rows.extend(sources_scaling(&mode)?);
 
     let base = rows[0].ns.max(1) as f64;
@@ -278,7 +278,7 @@ fn measure(
     })
 }
 
-fn floodwall_cases(mode: &Mode) -> Result<Vec<Row>> {
+fn floodwall_cases(mode: &Mode, bare_ns: u64) -> Result<Vec<Row>> {
     let loaded = Loaded::new()?;
     let mut rows = Vec::new();
 
@@ -423,7 +423,7 @@ fn floodwall_cases(mode: &Mode) -> Result<Vec<Row>> {
         &before_each,
     )?);
     drop(shed);
-    rows.push(random_sources(mode, rows[0].ns)?);
+    rows.push(random_sources(mode, bare_ns)?);
     Ok(rows)
 }
 
