@@ -23,8 +23,9 @@ pub const MAP_PENDING_DROPS: &str = "PENDING_DROPS";
 /// Which /16s (an address's first 16 bits, IPv4 or IPv6) each list's prefixes may cover: one
 /// bit per /16, [`NET_COVER_WORDS`] words per list and family, at [`net_cover_base`]. The
 /// kernel skips the prefix lookup for an address whose bit is clear. The controller sets a
-/// prefix's bits before it inserts the prefix, so a clear bit never hides one; bits are not
-/// cleared when prefixes go, which costs only a lookup.
+/// prefix's bits before it inserts the prefix, so a clear bit never hides one; bits stay when
+/// prefixes go (a lookup, no harm) until recovery (also `attach`) rebuilds them from the
+/// store.
 pub const MAP_NET_COVER: &str = "NET_COVER";
 pub const NET_COVER_WORDS: u32 = 1 << 10;
 pub const NET_COVER_ENTRIES: u32 = 4 * NET_COVER_WORDS;

@@ -606,9 +606,9 @@ pub(crate) fn reconcile(
             maps.remove(cidr)?;
         }
     }
-    // Pruned, the maps end up holding exactly the store's live entries: the hosts among them
-    // are the host bits to keep.
-    let mut hosts = crate::kernel::HostCoverBits::default();
+    // Pruned, the maps end up holding exactly the store's live entries: their cover bits are
+    // the ones to keep.
+    let mut cover = crate::kernel::CoverBits::default();
     store.for_each_live_batch(
         kind,
         now,
@@ -620,15 +620,15 @@ pub(crate) fn reconcile(
                 .collect();
             maps.insert_all(&entries)?;
             if prune {
-                for r in records.iter().filter(|r| r.cidr.is_host()) {
-                    hosts.add(r.cidr.addr());
+                for r in records {
+                    cover.add(&r.cidr);
                 }
             }
             Ok(())
         },
     )?;
     if prune {
-        maps.replace_host_cover(&hosts);
+        maps.replace_cover(&cover)?;
     }
     Ok(())
 }

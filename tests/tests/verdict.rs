@@ -1464,22 +1464,28 @@ fn every_address_a_prefix_covers_is_looked_up() -> Result<()> {
     check(&fw, &cases)
 }
 
-/// The kernel skips the host lookup for an address whose `HOST_COVER` bit is clear: every
-/// host on a list must have its bit. Hosts that leave a list keep their bit (a lookup, no
-/// harm) until recovery rebuilds the bits from the store; after that, the hosts still listed
-/// are still dropped or allowed, and far fewer bits are set.
+/// The kernel skips the host lookup for an address whose `HOST_COVER` bit is clear, and the
+/// prefix lookup for one whose /16 has no `NET_COVER` bit: every entry on a list must have its
+/// bits. Entries that leave a list keep their bits (a lookup, no harm) until recovery rebuilds
+/// the bits from the store; after that, the entries still listed are still dropped or
+/// allowed, and far fewer bits are set.
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
-fn every_listed_host_is_looked_up() -> Result<()> {
+fn every_listed_entry_is_looked_up_and_recovery_drops_stale_bits() -> Result<()> {
+    use filter_common::{HOST_COVER_WORDS, MAP_NET_COVER, NET_COVER_WORDS, host_cover_base};
+    use floodwall::{kernel, lists, store::Store};
     fn refs(v: &[String]) -> Vec<&str> {
         v.iter().map(String::as_str).collect()
     }
-    use filter_common::{HOST_COVER_WORDS, host_cover_base};
-    use floodwall::{kernel, lists, store::Store};
     let fw = Loaded::new()?;
     let block: Vec<String> = (0..3_000)
         .map(|n| format!("198.18.{}.{}", n / 250, n % 250 + 1))
         .chain((1..=500).map(|n| format!("2001:db8:feed::{n:x}")))
+        .collect();
+    // Prefixes in 40 /16s of 100.64.0.0/10 and in 10 IPv6 /16s.
+    let nets: Vec<String> = (0..40)
+        .map(|n| format!("100.{}.7.0/24", 64 + n))
+        .chain((0..10).map(|n| format!("{:x}:db9::/32", 0x2001 + n)))
         .collect();
     let allow: Vec<String> = (1..=200).map(|n| format!("198.19.0.{n}")).collect();
     // The first hosts one change each, the rest as one change.
@@ -1487,7 +1493,19 @@ fn every_listed_host_is_looked_up() -> Result<()> {
         fw.add(ListKind::Block, &[host.as_str()], None)?;
     }
     fw.add(ListKind::Block, &refs(&block[5..]), None)?;
+    fw.add(ListKind::Block, &refs(&nets), None)?;
     fw.add(ListKind::Allow, &refs(&allow), None)?;
+    // An address inside each prefix, and one just outside in the same /16.
+    let inside = |nets: &[String]| -> Vec<String> {
+        nets.iter()
+            .map(|n| n.replace(".0/24", ".9").replace("::/32", "::9"))
+            .collect()
+    };
+    let outside: Vec<String> = nets
+        .iter()
+        .filter(|n| n.contains('.'))
+        .map(|n| n.replace(".7.0/24", ".8.9"))
+        .collect();
     let cases = |block: &[String], passing: &[String]| -> Result<Vec<Case>> {
         let mut cases = Vec::new();
         for (hosts, verdict, reason) in [
@@ -1501,40 +1519,64 @@ fn every_listed_host_is_looked_up() -> Result<()> {
         }
         Ok(cases)
     };
-    check(&fw, &cases(&block, &[])?)?;
-    let bits = |v4| -> Result<u64> {
-        Ok(kernel::host_cover(&fw.paths)?.count(host_cover_base(false, v4), HOST_COVER_WORDS))
+    let blocked = |hosts: &[String], nets: &[String]| [hosts, &inside(nets)[..]].concat();
+    check(&fw, &cases(&blocked(&block, &nets), &outside)?)?;
+    let bits = || -> Result<(u64, u64, u64)> {
+        let hosts = kernel::host_cover(&fw.paths)?;
+        let cover: aya::maps::Array<_, u64> = aya::maps::Array::try_from(aya::maps::Map::Array(
+            aya::maps::MapData::from_pin(fw.paths.map_pin(MAP_NET_COVER))?,
+        ))?;
+        let mut nets = 0;
+        for word in 2 * NET_COVER_WORDS..4 * NET_COVER_WORDS {
+            nets += u64::from(cover.get(&word, 0)?.count_ones());
+        }
+        Ok((
+            hosts.count(host_cover_base(false, true), HOST_COVER_WORDS),
+            hosts.count(host_cover_base(false, false), HOST_COVER_WORDS),
+            nets,
+        ))
     };
-    let full = (bits(true)?, bits(false)?);
+    let full = bits()?;
 
-    // Remove all but every tenth blocked host.
-    let (kept, gone): (Vec<_>, Vec<_>) = block.iter().enumerate().partition(|(i, _)| i % 10 == 0);
-    let kept: Vec<String> = kept.into_iter().map(|(_, h)| h.clone()).collect();
-    let gone: Vec<String> = gone.into_iter().map(|(_, h)| h.clone()).collect();
-    let gone_cidrs = gone
+    // Remove all but every tenth blocked host and every fifth prefix.
+    let every = |v: &[String], n: usize| -> (Vec<String>, Vec<String>) {
+        let (kept, gone): (Vec<_>, Vec<_>) = v.iter().enumerate().partition(|(i, _)| i % n == 0);
+        (
+            kept.into_iter().map(|(_, h)| h.clone()).collect(),
+            gone.into_iter().map(|(_, h)| h.clone()).collect(),
+        )
+    };
+    let (kept, gone) = every(&block, 10);
+    let (kept_nets, gone_nets) = every(&nets, 5);
+    let gone_cidrs = [&gone[..], &gone_nets[..]]
+        .concat()
         .iter()
         .map(|h| h.parse())
         .collect::<Result<Vec<_>, _>>()?;
     lists::del(&fw.paths, ListKind::Block, &gone_cidrs)?;
-    assert_eq!(
-        (bits(true)?, bits(false)?),
-        full,
-        "bits are only dropped by a rebuild"
-    );
-    check(&fw, &cases(&kept, &gone)?)?;
+    assert_eq!(bits()?, full, "bits are only dropped by a rebuild");
+    let passing = [&gone[..], &inside(&gone_nets)[..], &outside[..]].concat();
+    check(&fw, &cases(&blocked(&kept, &kept_nets), &passing)?)?;
 
     // Recovery rebuilds the bits from the store.
     lists::mark_pending(&fw.paths)?;
     lists::recover(&fw.paths, &Store::open(&fw.paths)?)?;
-    let rebuilt = (bits(true)?, bits(false)?);
+    let rebuilt = bits()?;
     println!(
-        "host bits: {full:?} with {} hosts, {rebuilt:?} with {} after recovery",
+        "cover bits (IPv4 hosts, IPv6 hosts, /16s): {full:?} with {} hosts and {} prefixes, \
+         {rebuilt:?} with {} and {}",
         block.len(),
-        kept.len()
+        nets.len(),
+        kept.len(),
+        kept_nets.len()
     );
     assert!(
-        rebuilt.0 <= 300 && rebuilt.1 <= 50 && rebuilt.0 >= 290 && rebuilt.1 >= 45,
-        "{rebuilt:?} bits for 300 IPv4 and 50 IPv6 hosts"
+        (290..=300).contains(&rebuilt.0) && (45..=50).contains(&rebuilt.1),
+        "{rebuilt:?} host bits for 300 IPv4 and 50 IPv6 hosts"
     );
-    check(&fw, &cases(&kept, &gone)?)
+    assert_eq!(
+        rebuilt.2, 10,
+        "one /16 bit for each of the 10 prefixes kept"
+    );
+    check(&fw, &cases(&blocked(&kept, &kept_nets), &passing)?)
 }

@@ -2,30 +2,46 @@
 
 use super::*;
 
-/// A list's host bits built up in memory, for [`ListMaps::replace_host_cover`].
-pub struct HostCoverBits {
-    v4: Vec<u64>,
-    v6: Vec<u64>,
+/// A list's cover bits built up in memory from the entries it keeps, for
+/// [`ListMaps::replace_cover`]: host bits per family (`MAP_HOST_COVER`) and /16 bits per
+/// family (`MAP_NET_COVER`).
+pub struct CoverBits {
+    hosts: [Vec<u64>; 2],
+    nets: [Vec<u64>; 2],
 }
 
-impl Default for HostCoverBits {
+impl Default for CoverBits {
     fn default() -> Self {
-        HostCoverBits {
-            v4: vec![0; HOST_COVER_WORDS as usize],
-            v6: vec![0; HOST_COVER_WORDS as usize],
+        let hosts = || vec![0; HOST_COVER_WORDS as usize];
+        let nets = || vec![0; NET_COVER_WORDS as usize];
+        CoverBits {
+            hosts: [hosts(), hosts()],
+            nets: [nets(), nets()],
         }
     }
 }
 
-impl HostCoverBits {
-    pub fn add(&mut self, addr: IpAddr) {
-        let bit = host_cover_bit(&source_key(addr)) as usize;
-        let bits = if addr.is_ipv4() {
-            &mut self.v4
-        } else {
-            &mut self.v6
-        };
-        bits[bit / 64] |= 1 << (bit % 64);
+impl CoverBits {
+    pub fn add(&mut self, cidr: &Cidr) {
+        let family = usize::from(!cidr.is_v4());
+        if cidr.is_host() {
+            let bit = host_cover_bit(&source_key(cidr.addr())) as usize;
+            self.hosts[family][bit / 64] |= 1 << (bit % 64);
+            return;
+        }
+        let (first, last) = net_cover_range(top16(cidr), u32::from(cidr.prefix_len()));
+        for bit in first..=last {
+            let bit = usize::from(bit);
+            self.nets[family][bit / 64] |= 1 << (bit % 64);
+        }
+    }
+}
+
+/// A prefix's first 16 bits.
+fn top16(cidr: &Cidr) -> u16 {
+    match cidr.addr() {
+        IpAddr::V4(a) => u16::from_be_bytes([a.octets()[0], a.octets()[1]]),
+        IpAddr::V6(a) => a.segments()[0],
     }
 }
 
@@ -64,27 +80,44 @@ impl ListMaps {
         self.hosts.set(base, host_cover_bit(&key));
     }
 
-    /// Drops the host bits of hosts the list no longer holds: each family's bits become
-    /// `hosts`' exactly. Only with the lock held, once the maps hold every host of `hosts` and
-    /// no other.
-    pub fn replace_host_cover(&self, hosts: &HostCoverBits) {
+    /// Drops the cover bits of entries the list no longer holds: its bits become `bits`'
+    /// exactly. Only with the lock held, once the maps hold every entry `bits` was built from
+    /// and no other. A frame meanwhile reads each word old or new, and both have the bits of
+    /// every entry in the maps.
+    pub fn replace_cover(&mut self, bits: &CoverBits) -> Result<(), KernelError> {
         let allow = self.kind == ListKind::Allow;
-        self.hosts
-            .store_all(host_cover_base(allow, true), &hosts.v4);
-        self.hosts
-            .store_all(host_cover_base(allow, false), &hosts.v6);
+        for (family, v4) in [(0, true), (1, false)] {
+            self.hosts
+                .store_all(host_cover_base(allow, v4), &bits.hosts[family]);
+            let base = net_cover_base(allow, v4);
+            for (i, word) in bits.nets[family].iter().enumerate() {
+                let index = base + i as u32;
+                let old = self
+                    .cover
+                    .get(&index, 0)
+                    .map_err(|source| KernelError::OpenMap {
+                        name: MAP_NET_COVER,
+                        source,
+                    })?;
+                if old != *word {
+                    self.cover
+                        .set(index, *word, 0)
+                        .map_err(|source| KernelError::Update {
+                            name: MAP_NET_COVER,
+                            source,
+                        })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sets the cover bits of the /16s `cidr` (a prefix) reaches, so the kernel looks it up
     /// for addresses there. Done before the prefix is inserted: a prefix in the trie whose
     /// bits were clear could be skipped.
     fn cover(&mut self, cidr: &Cidr) -> Result<(), KernelError> {
-        let (top16, v4) = match cidr.addr() {
-            IpAddr::V4(a) => (u16::from_be_bytes([a.octets()[0], a.octets()[1]]), true),
-            IpAddr::V6(a) => (a.segments()[0], false),
-        };
-        let (first, last) = net_cover_range(top16, u32::from(cidr.prefix_len()));
-        let base = net_cover_base(self.kind == ListKind::Allow, v4);
+        let (first, last) = net_cover_range(top16(cidr), u32::from(cidr.prefix_len()));
+        let base = net_cover_base(self.kind == ListKind::Allow, cidr.is_v4());
         for word in u32::from(first) / 64..=u32::from(last) / 64 {
             let lo = (u32::from(first).max(word * 64)) % 64;
             let hi = (u32::from(last).min(word * 64 + 63)) % 64;
