@@ -24,8 +24,8 @@ pub const MAP_PENDING_DROPS: &str = "PENDING_DROPS";
 /// bit per /16, [`NET_COVER_WORDS`] words per list and family, at [`net_cover_base`]. The
 /// kernel skips the prefix lookup for an address whose bit is clear. The controller sets a
 /// prefix's bits before it inserts the prefix, so a clear bit never hides one; bits stay when
-/// prefixes go (a lookup, no harm) until a recovery rebuilds them from the store or the filter
-/// is loaded afresh.
+/// prefixes go (a lookup, no harm) until the controller rebuilds them from the store
+/// (`lists::rebuild_cover`: hourly in `floodwall run`, and in recovery).
 pub const MAP_NET_COVER: &str = "NET_COVER";
 pub const NET_COVER_WORDS: u32 = 1 << 10;
 pub const NET_COVER_ENTRIES: u32 = 4 * NET_COVER_WORDS;
@@ -52,7 +52,7 @@ pub const fn net_cover_range(top16: u16, prefix_len: u32) -> (u16, u16) {
 /// [`HOST_COVER_WORDS`] words per list and family at [`host_cover_base`]. The kernel skips the
 /// host lookup for an address whose bit is clear. The controller sets a host's bit before it
 /// inserts the host, so a clear bit never hides one; a bit left set by a host that went costs
-/// only a lookup, until a recovery rebuilds the bits from the store. Memory-mapped
+/// only a lookup, until the bits are rebuilt as [`MAP_NET_COVER`]'s are. Memory-mapped
 /// by the controller, which sets bits with atomic operations.
 pub const MAP_HOST_COVER: &str = "HOST_COVER";
 pub const HOST_COVER_LOG2: u32 = 20;

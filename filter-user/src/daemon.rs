@@ -100,6 +100,10 @@ const FILL_CHECK: Duration = Duration::from_secs(10);
 /// doubled since the last rebuild, so that a `SOURCES` sized near the bitmap is not rescanned
 /// every check.
 const KNOWN_CHECK: Duration = Duration::from_secs(10);
+/// How often the lists' cover bits (`HOST_COVER`, `NET_COVER`) are rebuilt from the store if
+/// the lists changed meanwhile: entries deleted or expired keep their bits until then. A
+/// rebuild reads the whole store under the lock (about a second with 1,000,000 entries).
+const COVER_REBUILD: Duration = Duration::from_secs(3600);
 const KNOWN_REBUILD_SHARE: u64 = 8;
 
 pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
@@ -379,6 +383,9 @@ struct Watch {
     /// When the `KNOWN` bitmap's fill was last checked, and its bits after the last rebuild.
     last_known_check: Option<Instant>,
     known_rebuilt: u64,
+    /// When the cover bits were last rebuilt (start-up counts: `attach` loads them fresh or
+    /// recovery rebuilds them), and the store's generation then.
+    cover_rebuilt: (Instant, Option<u64>),
     /// The state file as last read, or as this process last wrote it.
     state_seen: Option<crate::state::Stamp>,
     /// Changes this process made itself (bans, CrowdSec), followed without reading them back.
@@ -415,6 +422,7 @@ impl Watch {
             last_fill_check: None,
             last_known_check: None,
             known_rebuilt: 0,
+            cover_rebuilt: (Instant::now(), None),
             state_seen: None,
             next_expiry: None,
             allowlist: Vec::new(),
@@ -566,6 +574,30 @@ impl Watch {
         self.alerts(paths);
         self.syn_challenge(paths);
         self.known(paths);
+        self.cover(paths);
+    }
+
+    /// Rebuilds the lists' cover bits once an hour if the lists changed.
+    fn cover(&mut self, paths: &Paths) {
+        if self.cover_rebuilt.0.elapsed() < COVER_REBUILD {
+            return;
+        }
+        let generation = self.generation(paths);
+        if generation.is_some() && generation == self.cover_rebuilt.1 {
+            self.cover_rebuilt.0 = Instant::now();
+            return;
+        }
+        let started = Instant::now();
+        match lists::rebuild_cover_now(paths) {
+            Ok(()) => {
+                self.cover_rebuilt = (Instant::now(), generation);
+                info!(
+                    "lists' cover bits rebuilt from the store in {:.0?}",
+                    started.elapsed()
+                );
+            }
+            Err(e) => warn!("cannot rebuild the lists' cover bits: {e}"),
+        }
     }
 
     /// Rebuilds the `KNOWN` bitmap when too many of its bits belong to sources long gone.

@@ -265,6 +265,7 @@ pub fn recover(paths: &Paths, store: &Store) -> Result<(), ListError> {
     for kind in [ListKind::Allow, ListKind::Block] {
         reconcile(paths, store, kind, true)?;
     }
+    rebuild_cover(paths, store)?;
     let limits = store.limits()?.unwrap_or_default();
     crate::limits::publish(paths, &limits, store.list_bits()?)?;
     clear_pending(paths);
@@ -606,9 +607,6 @@ pub(crate) fn reconcile(
             maps.remove(cidr)?;
         }
     }
-    // Pruned, the maps end up holding exactly the store's live entries: their cover bits are
-    // the ones to keep.
-    let mut cover = crate::kernel::CoverBits::default();
     store.for_each_live_batch(
         kind,
         now,
@@ -618,19 +616,38 @@ pub(crate) fn reconcile(
                 .iter()
                 .map(|r| (r.cidr, kernel_entry(r, unow, mnow)))
                 .collect();
-            maps.insert_all(&entries)?;
-            if prune {
-                for r in records {
-                    cover.add(&r.cidr);
-                }
+            Ok(maps.insert_all(&entries)?)
+        },
+    )
+}
+
+/// Drops the cover bits (`HOST_COVER`, `NET_COVER`) of entries no longer on the lists, so
+/// the kernel stops looking them up: the bits become those of every entry the store holds
+/// (expired ones not yet swept included, so the bits cover everything the maps can hold).
+/// Called with the lock held and the kernel agreeing with the store (no recovery due).
+pub(crate) fn rebuild_cover(paths: &Paths, store: &Store) -> Result<(), ListError> {
+    for kind in [ListKind::Allow, ListKind::Block] {
+        let mut cover = crate::kernel::CoverBits::default();
+        store.for_each_live_batch(kind, 0, KERNEL_BATCH, |records| -> Result<(), ListError> {
+            for r in records {
+                cover.add(&r.cidr);
             }
             Ok(())
-        },
-    )?;
-    if prune {
-        maps.replace_cover(&cover)?;
+        })?;
+        ListMaps::open(paths, kind)?.replace_cover(&cover)?;
     }
     Ok(())
+}
+
+/// [`rebuild_cover`] for `floodwall run`: takes the lock, finishes a recovery first if one is
+/// due (which rebuilds the bits itself).
+pub fn rebuild_cover_now(paths: &Paths) -> Result<(), ListError> {
+    let _lock = Lock::acquire(paths)?;
+    let store = Store::open(paths)?;
+    if paths.pending_file().exists() {
+        return recover(paths, &store);
+    }
+    rebuild_cover(paths, &store)
 }
 
 #[cfg(test)]

@@ -1466,14 +1466,14 @@ fn every_address_a_prefix_covers_is_looked_up() -> Result<()> {
 
 /// The kernel skips the host lookup for an address whose `HOST_COVER` bit is clear, and the
 /// prefix lookup for one whose /16 has no `NET_COVER` bit: every entry on a list must have its
-/// bits. Entries that leave a list keep their bits (a lookup, no harm) until recovery rebuilds
-/// the bits from the store; after that, the entries still listed are still dropped or
-/// allowed, and far fewer bits are set.
+/// bits. Entries that leave a list keep their bits (a lookup, no harm) until the bits are
+/// rebuilt from the store (by `floodwall run`, and by recovery); after that, the entries still
+/// listed are still dropped or allowed, and far fewer bits are set.
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
-fn every_listed_entry_is_looked_up_and_recovery_drops_stale_bits() -> Result<()> {
+fn every_listed_entry_is_looked_up_and_a_rebuild_drops_stale_bits() -> Result<()> {
     use filter_common::{HOST_COVER_WORDS, MAP_NET_COVER, NET_COVER_WORDS, host_cover_base};
-    use floodwall::{kernel, lists, store::Store};
+    use floodwall::{kernel, lists};
     fn refs(v: &[String]) -> Vec<&str> {
         v.iter().map(String::as_str).collect()
     }
@@ -1558,9 +1558,7 @@ fn every_listed_entry_is_looked_up_and_recovery_drops_stale_bits() -> Result<()>
     let passing = [&gone[..], &inside(&gone_nets)[..], &outside[..]].concat();
     check(&fw, &cases(&blocked(&kept, &kept_nets), &passing)?)?;
 
-    // Recovery rebuilds the bits from the store.
-    lists::mark_pending(&fw.paths)?;
-    lists::recover(&fw.paths, &Store::open(&fw.paths)?)?;
+    lists::rebuild_cover_now(&fw.paths)?;
     let rebuilt = bits()?;
     println!(
         "cover bits (IPv4 hosts, IPv6 hosts, /16s): {full:?} with {} hosts and {} prefixes, \
