@@ -102,7 +102,7 @@ const FILL_CHECK: Duration = Duration::from_secs(10);
 const KNOWN_CHECK: Duration = Duration::from_secs(10);
 /// How often the lists' cover bits (`HOST_COVER`, `NET_COVER`) are rebuilt from the store if
 /// the lists changed meanwhile: entries deleted or expired keep their bits until then. A
-/// rebuild reads the whole store under the lock (about a second with 1,000,000 entries).
+/// rebuild reads the whole store under the lock.
 const COVER_REBUILD: Duration = Duration::from_secs(3600);
 const KNOWN_REBUILD_SHARE: u64 = 8;
 

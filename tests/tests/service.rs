@@ -262,6 +262,14 @@ fn parse_metrics(text: &str) -> Result<Vec<Sample>> {
     Ok(samples)
 }
 
+/// The value of metric `name` with the label `key="value"`.
+fn labelled(samples: &[Sample], name: &str, (key, value): (&str, &str)) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && l.get(key).is_some_and(|v| v == value))
+        .map(|(_, _, v)| *v)
+}
+
 /// The value of the unlabelled metric `name`.
 fn metric(samples: &[Sample], name: &str) -> Result<f64> {
     samples
@@ -755,23 +763,17 @@ fn sigterm_keeps_the_filter_and_a_new_run_adopts_it() -> Result<()> {
             .is_some_and(|n| *n >= 2 * N as u64),
         "the adopting service's metrics miss the earlier drops"
     );
-    let blocklisted = samples
-        .iter()
-        .find(|(n, l, _)| {
-            n == "floodwall_list_entries" && l.get("list").is_some_and(|v| v == "blocklist")
-        })
-        .map(|(_, _, v)| *v);
+    let blocklisted = labelled(&samples, "floodwall_list_entries", ("list", "blocklist"));
     ensure!(
         blocklisted == Some(1.0),
         "floodwall_list_entries{{list=\"blocklist\"}} = {blocklisted:?}, want 1"
     );
     // One host was ever blocked: one bit of the blocklist's host bits is set.
-    let host_bits = samples
-        .iter()
-        .find(|(n, l, _)| {
-            n == "floodwall_bitmap_bits_set" && l.get("bitmap").is_some_and(|v| v == "block_hosts")
-        })
-        .map(|(_, _, v)| *v);
+    let host_bits = labelled(
+        &samples,
+        "floodwall_bitmap_bits_set",
+        ("bitmap", "block_hosts"),
+    );
     ensure!(
         host_bits == Some(1.0),
         "floodwall_bitmap_bits_set{{bitmap=\"block_hosts\"}} = {host_bits:?}, want 1"

@@ -92,24 +92,30 @@ impl ListMaps {
             let base = net_cover_base(allow, v4);
             for (i, word) in bits.nets[family].iter().enumerate() {
                 let index = base + i as u32;
-                let old = self
-                    .cover
-                    .get(&index, 0)
-                    .map_err(|source| KernelError::OpenMap {
-                        name: MAP_NET_COVER,
-                        source,
-                    })?;
-                if old != *word {
-                    self.cover
-                        .set(index, *word, 0)
-                        .map_err(|source| KernelError::Update {
-                            name: MAP_NET_COVER,
-                            source,
-                        })?;
+                if self.net_word(index)? != *word {
+                    self.set_net_word(index, *word)?;
                 }
             }
         }
         Ok(())
+    }
+
+    fn net_word(&self, index: u32) -> Result<u64, KernelError> {
+        self.cover
+            .get(&index, 0)
+            .map_err(|source| KernelError::OpenMap {
+                name: MAP_NET_COVER,
+                source,
+            })
+    }
+
+    fn set_net_word(&mut self, index: u32, word: u64) -> Result<(), KernelError> {
+        self.cover
+            .set(index, word, 0)
+            .map_err(|source| KernelError::Update {
+                name: MAP_NET_COVER,
+                source,
+            })
     }
 
     /// Sets the cover bits of the /16s `cidr` (a prefix) reaches, so the kernel looks it up
@@ -123,20 +129,9 @@ impl ListMaps {
             let hi = (u32::from(last).min(word * 64 + 63)) % 64;
             let bits = (u64::MAX >> (63 - (hi - lo))) << lo;
             let index = base + word;
-            let old = self
-                .cover
-                .get(&index, 0)
-                .map_err(|source| KernelError::OpenMap {
-                    name: MAP_NET_COVER,
-                    source,
-                })?;
+            let old = self.net_word(index)?;
             if old & bits != bits {
-                self.cover
-                    .set(index, old | bits, 0)
-                    .map_err(|source| KernelError::Update {
-                        name: MAP_NET_COVER,
-                        source,
-                    })?;
+                self.set_net_word(index, old | bits)?;
             }
         }
         Ok(())
