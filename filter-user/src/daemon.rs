@@ -100,11 +100,11 @@ const FILL_CHECK: Duration = Duration::from_secs(10);
 /// doubled since the last rebuild, so that a `SOURCES` sized near the bitmap is not rescanned
 /// every check.
 const KNOWN_CHECK: Duration = Duration::from_secs(10);
+const KNOWN_REBUILD_SHARE: u64 = 8;
 /// How often the lists' cover bits (`HOST_COVER`, `NET_COVER`) are rebuilt from the store if
 /// the lists changed meanwhile: entries deleted or expired keep their bits until then. A
 /// rebuild reads the whole store under the lock.
 const COVER_REBUILD: Duration = Duration::from_secs(3600);
-const KNOWN_REBUILD_SHARE: u64 = 8;
 
 pub fn run(paths: &Paths, options: &RunOptions) -> Result<(), DaemonError> {
     let config_path = options
