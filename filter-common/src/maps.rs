@@ -30,12 +30,19 @@ pub const MAP_NET_COVER: &str = "NET_COVER";
 pub const NET_COVER_WORDS: u32 = 1 << 10;
 pub const NET_COVER_ENTRIES: u32 = 4 * NET_COVER_WORDS;
 
-/// First word of a list's cover bits: allowlist IPv4, IPv6, then blocklist IPv4, IPv6.
+/// Which of a cover map's four bitmaps belongs to a list and family: allowlist IPv4, IPv6,
+/// then blocklist IPv4, IPv6.
 #[inline(always)]
-pub const fn net_cover_base(allow: bool, v4: bool) -> u32 {
+const fn cover_slot(allow: bool, v4: bool) -> u32 {
     let list = if allow { 0 } else { 2 };
     let family = if v4 { 0 } else { 1 };
-    (list + family) * NET_COVER_WORDS
+    list + family
+}
+
+/// First word of a list's cover bits (see [`cover_slot`]).
+#[inline(always)]
+pub const fn net_cover_base(allow: bool, v4: bool) -> u32 {
+    cover_slot(allow, v4) * NET_COVER_WORDS
 }
 
 /// The /16s a prefix covers: its first 16 bits, and for a prefix shorter than /16 every /16
@@ -59,12 +66,10 @@ pub const HOST_COVER_LOG2: u32 = 20;
 pub const HOST_COVER_WORDS: u32 = 1 << (HOST_COVER_LOG2 - 6);
 pub const HOST_COVER_ENTRIES: u32 = 4 * HOST_COVER_WORDS;
 
-/// First word of a list's host bits, in the order of [`net_cover_base`].
+/// First word of a list's host bits (see [`cover_slot`]).
 #[inline(always)]
 pub const fn host_cover_base(allow: bool, v4: bool) -> u32 {
-    let list = if allow { 0 } else { 2 };
-    let family = if v4 { 0 } else { 1 };
-    (list + family) * HOST_COVER_WORDS
+    cover_slot(allow, v4) * HOST_COVER_WORDS
 }
 
 /// Which sources may have state in `SOURCES`: one bit per [`addr_bit`] of the key, in two
@@ -539,14 +544,8 @@ mod tests {
 
     #[test]
     fn neighbouring_sources_get_their_own_bits() {
-        let distinct = |keys: &mut dyn Iterator<Item = SourceKey>, log2| {
-            let mut bits: std::vec::Vec<u32> = keys
-                .map(|k| {
-                    let mut w = k.words();
-                    w[1] ^= k.family;
-                    addr_bit(w, log2)
-                })
-                .collect();
+        let distinct = |keys: &mut dyn Iterator<Item = SourceKey>, bit: fn(&SourceKey) -> u32| {
+            let mut bits: std::vec::Vec<u32> = keys.map(|k| bit(&k)).collect();
             bits.sort_unstable();
             bits.dedup();
             bits.len()
@@ -568,9 +567,9 @@ mod tests {
             }
         };
         // 4,096 keys in 2^21 bits share about 4 bits by chance.
-        assert!(distinct(&mut (195_905..200_001).map(v4), KNOWN_LOG2) >= 4_080);
-        assert!(distinct(&mut (0..4_096).map(v6), KNOWN_LOG2) >= 4_080);
-        assert!(distinct(&mut (0..4_096).map(|n| v4(n << 8)), HOST_COVER_LOG2) >= 4_070);
+        assert!(distinct(&mut (195_905..200_001).map(v4), known_bit) >= 4_080);
+        assert!(distinct(&mut (0..4_096).map(v6), known_bit) >= 4_080);
+        assert!(distinct(&mut (0..4_096).map(|n| v4(n << 8)), host_cover_bit) >= 4_070);
     }
 
     #[test]

@@ -776,12 +776,12 @@ fn admit(key: &SourceKey) -> Option<*mut SourceState> {
     {
         bump(MISC_ADMITTED);
     }
-    // After the insert: a rebuild that clears the bit first finds the state (see
-    // `filter_common::MAP_KNOWN`).
-    mark_known(key);
     let state = SOURCES.get_ptr_mut(key);
-    if state.is_none() {
-        bump(MISC_SOURCE_INSERT_FAILED);
+    match state {
+        // Once the state is in the map: a rebuild that clears the bit first finds the state
+        // (see `filter_common::MAP_KNOWN`). A source the map refused gets no bit.
+        Some(_) => mark_known(key),
+        None => bump(MISC_SOURCE_INSERT_FAILED),
     }
     state
 }

@@ -615,7 +615,7 @@ impl Watch {
             if set * KNOWN_REBUILD_SHARE <= bits || set <= 2 * self.known_rebuilt {
                 return Ok(None);
             }
-            known.rebuild().map(Some)
+            known.rebuild(paths).map(Some)
         });
         match known {
             Ok(None) => {}

@@ -328,7 +328,7 @@ fn known_sources_stay_known_through_bitmap_rebuilds() -> Result<()> {
             pin_to_cpu(1 % cpus());
             let (mut rebuilds, mut checked, mut missing) = (0, 0, Vec::new());
             while !flood.is_finished() {
-                known.rebuild()?;
+                known.rebuild(&fw.paths)?;
                 rebuilds += 1;
                 for (key, _) in kernel::read_sources(&fw.paths)? {
                     checked += 1;
@@ -364,7 +364,7 @@ fn known_sources_stay_known_through_bitmap_rebuilds() -> Result<()> {
         .into_iter()
         .map(|(key, _)| key)
         .collect();
-    let rebuilt = known.rebuild()?;
+    let rebuilt = known.rebuild(&fw.paths)?;
     println!("after the flood: {rebuilt:?}");
     assert_eq!(rebuilt.sources, tracked.len() as u64);
     // 4,096 keys in 2^21 bits share a few by chance.

@@ -32,21 +32,9 @@ unsafe impl Sync for Bitmap {}
 
 impl Bitmap {
     pub fn open(paths: &Paths, name: &'static str) -> Result<Bitmap, KernelError> {
-        let map = open(paths, name)?;
-        let (fd, words) = match &map {
-            Map::Array(data) => (
-                data.fd().as_fd().as_raw_fd(),
-                data.info()
-                    .map_err(|source| KernelError::OpenMap { name, source })?
-                    .max_entries() as usize,
-            ),
-            _ => {
-                return Err(KernelError::OpenMap {
-                    name,
-                    source: MapError::InvalidMapType { map_type: 0 },
-                });
-            }
-        };
+        let array: Array<MapData, u64> = open_as(paths, name)?;
+        let fd = array.map().fd().as_fd().as_raw_fd();
+        let words = array.len() as usize;
         // SAFETY: plain sysconf.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let len = (words * 8).div_ceil(page) * page;
@@ -95,6 +83,13 @@ impl Bitmap {
 
     pub fn is_set(&self, base: u32, bit: u32) -> bool {
         self.word(base + bit / 64).load(Ordering::SeqCst) & (1 << (bit % 64)) != 0
+    }
+
+    /// Clears the `words` words at `base`.
+    pub fn clear(&self, base: u32, words: u32) {
+        for i in base..base + words {
+            self.word(i).store(0, Ordering::SeqCst);
+        }
     }
 
     /// Replaces the `bits.len()` words at `base`.
@@ -152,7 +147,6 @@ pub struct KnownRebuild {
 pub struct Known {
     active: Array<MapData, u32>,
     bits: Bitmap,
-    sources: HashMap<MapData, SourceKey, SourceState>,
 }
 
 impl Known {
@@ -160,7 +154,6 @@ impl Known {
         Ok(Known {
             active: open_as(paths, MAP_KNOWN_ACTIVE)?,
             bits: Bitmap::open(paths, MAP_KNOWN)?,
-            sources: open_as(paths, MAP_SOURCES)?,
         })
     }
 
@@ -195,15 +188,15 @@ impl Known {
     /// had its state inserted before its bit was set, so it is in the map when the scan
     /// starts. Set and clear are atomic, on both sides. One process at a time
     /// (`floodwall run`).
-    pub fn rebuild(&mut self) -> Result<KnownRebuild, KernelError> {
+    pub fn rebuild(&mut self, paths: &Paths) -> Result<KnownRebuild, KernelError> {
         let active = self.active()?;
         let idle = 1 - active;
         let before = self.bits.count(active * KNOWN_WORDS, KNOWN_WORDS);
-        self.bits
-            .store_all(idle * KNOWN_WORDS, &vec![0; KNOWN_WORDS as usize]);
+        self.bits.clear(idle * KNOWN_WORDS, KNOWN_WORDS);
+        let map: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
         let mut sources = 0;
         let bits = &self.bits;
-        for_each_source_key(self.sources.map().fd(), |key| {
+        for_each_source_key(map.map().fd(), |key| {
             bits.set(idle * KNOWN_WORDS, known_bit(key));
             sources += 1;
         })?;
