@@ -3,7 +3,7 @@
 //! limit is exact whatever CPU a packet arrives on.
 //!
 //! Times are nanoseconds of the filter's clock, `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at
-//! tick resolution, half the cost of the precise clock). A bucket allows `burst` units at once
+//! tick resolution, read once per jiffy on each CPU). A bucket allows `burst` units at once
 //! from idle and `rate` units per second after that. With a clock that moves a tick at a time
 //! the long-run rate stays exact as long as the burst covers one tick of rate (`tau` at least
 //! a tick): the controller refuses smaller bursts.
