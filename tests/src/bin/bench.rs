@@ -127,7 +127,21 @@ fn main() -> Result<()> {
             println!("{}", senders::table(&senders::two_senders(&mode)?));
             return Ok(());
         }
-        Some(other) => bail!("--only takes `cpus`, `peer`, `random` or `senders`, not `{other}`"),
+        Some("cost") => {
+            let bare = baseline(&mode)?;
+            let base = bare.ns.max(1) as f64;
+            let mut rows = vec![bare];
+            rows.extend(floodwall_cases(&mode, rows[0].ns)?);
+            println!("{}", table(&rows, base, f64::NAN));
+            return Ok(());
+        }
+        Some("veth") => {
+            println!("{}", throughput_table(&throughput(&mode)?));
+            return Ok(());
+        }
+        Some(other) => bail!(
+            "--only takes `cost`, `cpus`, `peer`, `random`, `senders` or `veth`, not `{other}`"
+        ),
     }
     let mut rows = Vec::new();
     rows.push(baseline(&mode)?);
@@ -900,6 +914,21 @@ fn attached(
     ifname: &str,
     f: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
+    let result = attached_for(loaded, ns, ifname, f);
+    if let Err(e) = kernel::unload(&loaded.paths) {
+        eprintln!("bench: unloading floodwall: {e}");
+    }
+    result
+}
+
+/// Runs `f` with `loaded` attached natively to `ifname` in `ns`, then detaches it (it stays
+/// loaded, its maps as they were) whatever `f` returned.
+fn attached_for<T>(
+    loaded: &Loaded,
+    ns: &Netns,
+    ifname: &str,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let mode = run_in(ns, || {
         kernel::attach(&loaded.paths, ifname, AttachMode::Native)
     })?;
@@ -913,10 +942,191 @@ fn attached(
     if let Err(e) = kernel::detach(&loaded.paths, ifname) {
         eprintln!("bench: detaching floodwall: {e}");
     }
+    result
+}
+
+/// Rounds of the paired comparison, in units of the mode's throughput samples: a ratio of two
+/// veth samples is noisier than either.
+const PAIRED_FACTOR: usize = 3;
+
+/// One measured send of `frames` frames after a warm-up of the same flood.
+struct Sample {
+    frames: u64,
+    kernel_ns: f64,
+    wall_ns: f64,
+    busy_ns: f64,
+    softirq_ns: f64,
+}
+
+fn sample(topo: &Topology, source: &PacketSource<'_>, flood: Flood, frames: u64) -> Result<Sample> {
+    let template = topo.template()?;
+    source.send(&template, flood.sources(), WARMUP_FRAMES, SEND_CAP)?;
+    let (b0, s0) = (receivers::cpu_busy()?, receivers::cpu_softirq()?);
+    let r: SendReport = source.send(&template, flood.sources(), frames, SEND_CAP)?;
+    let (b1, s1) = (receivers::cpu_busy()?, receivers::cpu_softirq()?);
+    ensure!(r.frames > 0, "{}: no frames sent", flood.name());
+    let n = r.frames as f64;
+    Ok(Sample {
+        frames: r.frames,
+        kernel_ns: r.kernel_time.as_nanos() as f64 / n,
+        wall_ns: r.elapsed.as_nanos() as f64 / n,
+        busy_ns: b1.saturating_sub(b0).as_nanos() as f64 / n,
+        softirq_ns: s1.saturating_sub(s0).as_nanos() as f64 / n,
+    })
+}
+
+/// A row from its samples; `ratios`, if paired, are each sample over its round's ceiling.
+fn tput_row(
+    receiver: &str,
+    flood: Flood,
+    samples: &[Sample],
+    ratios: &[f64],
+    target: Option<f64>,
+    evidence: String,
+) -> Tput {
+    let of = |f: fn(&Sample) -> f64| median_f(&samples.iter().map(f).collect::<Vec<_>>());
+    let wall_ns = of(|s| s.wall_ns);
+    let row = Tput {
+        receiver: receiver.into(),
+        flood,
+        frames: samples.iter().map(|s| s.frames).sum(),
+        kernel_ns: of(|s| s.kernel_ns),
+        kernel_samples: samples.iter().map(|s| s.kernel_ns).collect(),
+        wall_ns,
+        mpps: 1e3 / wall_ns,
+        busy_ns: of(|s| s.busy_ns),
+        softirq_ns: of(|s| s.softirq_ns),
+        evidence,
+        ratio: if ratios.is_empty() {
+            f64::NAN
+        } else {
+            median_f(ratios)
+        },
+        target,
+    };
+    eprintln!(
+        "throughput: {} / {}: {:.0} ns/frame kernel, {:.0} wall, {:.2} Mpps, x{:.2}; {}",
+        row.receiver,
+        flood.name(),
+        row.kernel_ns,
+        row.wall_ns,
+        row.mpps,
+        row.ratio,
+        row.evidence
+    );
+    row
+}
+
+/// The ceiling (a bare `XDP_DROP`) and floodwall (per-source limit `COMPARE_PPS`, default
+/// admission, a blocklisted /24), attached in turn on the receiver's end round after round,
+/// so that what the shared machine does to one sample it does to the sample beside it. Each
+/// floodwall sample is taken over the ceiling's sample of the same round and source mode; a
+/// row's ratio is the median of those. floodwall must count every frame it was sent.
+fn paired(
+    topo: &Topology,
+    source: &PacketSource<'_>,
+    mode: &Mode,
+    ifname: &str,
+) -> Result<Vec<Tput>> {
+    const CEILINGS: [Flood; 2] = [Flood::Fixed, Flood::Random];
+    const CASES: [Flood; 3] = [Flood::Fixed, Flood::Random, Flood::Blocked];
+    let bare = BareProgram::load(XDP_DROP)?;
+    let loaded = Loaded::new()?;
+    loaded.add(ListKind::Block, &["203.0.113.0/24"], None)?;
+    loaded.set_limits(&Limits {
+        pps: COMPARE_PPS,
+        ..Limits::default()
+    })?;
+    let mut ceilings: [Vec<Sample>; 2] = Default::default();
+    let mut cases: [Vec<Sample>; 3] = Default::default();
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    let mut counted: [std::collections::BTreeMap<Reason, u64>; 3] = Default::default();
+    let measured = (|| -> Result<()> {
+        for _ in 0..mode.tput_samples * PAIRED_FACTOR {
+            let round: Vec<Sample> = {
+                let _link = bare.attach(&topo.receiver, ifname)?;
+                CEILINGS
+                    .iter()
+                    .map(|f| sample(topo, source, *f, mode.tput_frames))
+                    .collect::<Result<_>>()?
+            };
+            attached_for(&loaded, &topo.receiver, ifname, || -> Result<()> {
+                for (i, flood) in CASES.iter().enumerate() {
+                    let before = loaded.counters()?;
+                    let s = sample(topo, source, *flood, mode.tput_frames)?;
+                    let after = loaded.counters()?;
+                    let mut got = 0;
+                    for (reason, n) in &after {
+                        let d = n - before.get(reason).copied().unwrap_or(0);
+                        if d > 0 && *reason != Reason::DryRunPassed {
+                            *counted[i].entry(*reason).or_default() += d;
+                            got += d;
+                        }
+                    }
+                    // The sample's warm-up is counted too: it was sent after `before`.
+                    ensure!(
+                        got == s.frames + WARMUP_FRAMES,
+                        "floodwall / {}: counted {got} of {} frames sent",
+                        flood.name(),
+                        s.frames + WARMUP_FRAMES
+                    );
+                    let ceiling = &round[CEILINGS
+                        .iter()
+                        .position(|f| *f == flood.ceiling())
+                        .unwrap_or(0)];
+                    ratios[i].push(s.kernel_ns / ceiling.kernel_ns);
+                    cases[i].push(s);
+                }
+                Ok(())
+            })?;
+            for (i, s) in round.into_iter().enumerate() {
+                ceilings[i].push(s);
+            }
+        }
+        Ok(())
+    })();
     if let Err(e) = kernel::unload(&loaded.paths) {
         eprintln!("bench: unloading floodwall: {e}");
     }
-    result
+    measured?;
+    let mut rows: Vec<Tput> = CEILINGS
+        .iter()
+        .zip(&ceilings)
+        .map(|(flood, samples)| {
+            tput_row(
+                "bare XDP_DROP (ceiling)",
+                *flood,
+                samples,
+                &[],
+                None,
+                "- (no counters in a bare program)".into(),
+            )
+        })
+        .collect();
+    for (i, flood) in CASES.iter().enumerate() {
+        let sent: u64 = cases[i].iter().map(|s| s.frames + WARMUP_FRAMES).sum();
+        let parts: Vec<String> = counted[i]
+            .iter()
+            .map(|(reason, n)| format!("{reason:?} {n}"))
+            .collect();
+        let target = Some(if *flood == Flood::Blocked {
+            BLOCKED_VETH_TARGET
+        } else {
+            KNOWN_TARGET
+        });
+        rows.push(tput_row(
+            &format!("floodwall ({COMPARE_PPS} pps per source, default admission)"),
+            *flood,
+            &cases[i],
+            &ratios[i],
+            target,
+            format!(
+                "floodwall counted {sent} of {sent} (warm-ups included): {}",
+                parts.join(", ")
+            ),
+        ));
+    }
+    Ok(rows)
 }
 
 fn no_evidence(_: Option<&str>, _: u64) -> Result<String> {
@@ -929,81 +1139,7 @@ fn throughput(mode: &Mode) -> Result<Vec<Tput>> {
     let ifname = topo.veth.b_name().to_owned();
     let mut rows = Vec::new();
 
-    // The ceiling: a bare XDP_DROP on the receiver's end.
-    {
-        let bare = BareProgram::load(XDP_DROP)?;
-        let _link = bare.attach(&topo.receiver, &ifname)?;
-        for flood in [Flood::Fixed, Flood::Random] {
-            rows.push(run_case(
-                &topo,
-                &source,
-                mode,
-                "bare XDP_DROP (ceiling)",
-                flood,
-                None,
-                &no_evidence,
-            )?);
-        }
-    }
-
-    // floodwall, per-source limit COMPARE_PPS, default admission, a blocklisted /24.
-    {
-        let loaded = Loaded::new()?;
-        loaded.add(ListKind::Block, &["203.0.113.0/24"], None)?;
-        loaded.set_limits(&Limits {
-            pps: COMPARE_PPS,
-            ..Limits::default()
-        })?;
-        attached(&loaded, &topo.receiver, &ifname, || -> Result<()> {
-            let counters = |before: Option<&str>, sent: u64| -> Result<String> {
-                let now = loaded.counters()?;
-                let text = serde_json::to_string(
-                    &now.iter()
-                        .map(|(r, n)| (format!("{r:?}"), *n))
-                        .collect::<std::collections::BTreeMap<_, _>>(),
-                )?;
-                let Some(before) = before else {
-                    return Ok(text);
-                };
-                let before: std::collections::BTreeMap<String, u64> = serde_json::from_str(before)?;
-                let mut parts = Vec::new();
-                let mut counted = 0;
-                for (r, n) in &now {
-                    let name = format!("{r:?}");
-                    let d = n - before.get(&name).copied().unwrap_or(0);
-                    if d > 0 && *r != Reason::DryRunPassed {
-                        counted += d;
-                        parts.push(format!("{name} {d}"));
-                    }
-                }
-                ensure!(
-                    counted == sent,
-                    "floodwall counted {counted} frames of {sent} sent"
-                );
-                Ok(format!(
-                    "floodwall counted {counted} of {sent}: {}",
-                    parts.join(", ")
-                ))
-            };
-            for flood in [Flood::Fixed, Flood::Random, Flood::Blocked] {
-                let target = Some(if flood == Flood::Blocked {
-                    BLOCKED_VETH_TARGET
-                } else {
-                    KNOWN_TARGET
-                });
-                rows.push(run_case(
-                    &topo,
-                    &source,
-                    mode,
-                    &format!("floodwall ({COMPARE_PPS} pps per source, default admission)"),
-                    flood,
-                    target,
-                    &counters,
-                )?);
-            }
-            Ok(())
-        })?;
-    }
+    rows.extend(paired(&topo, &source, mode, &ifname)?);
 
     // An XDP_PASS stub: the skb path alone, then nftables and iptables behind it.
     let stub = BareProgram::load(XDP_PASS)?;
@@ -1087,7 +1223,7 @@ fn throughput(mode: &Mode) -> Result<Vec<Tput>> {
         (Flood::Fixed, ceiling(Flood::Fixed)),
         (Flood::Random, ceiling(Flood::Random)),
     ];
-    for r in &mut rows {
+    for r in rows.iter_mut().filter(|r| r.ratio.is_nan()) {
         let base = ceilings
             .iter()
             .find(|(f, _)| *f == r.flood.ceiling())
@@ -1653,6 +1789,11 @@ busy CPU* column (all CPUs, `/proc/stat` user+system+irq+softirq, jiffy resoluti
 anything else running on the machine) bounds that, and the receiver-side counters prove every
 frame was processed. Ratios are against the bare `XDP_DROP` row with the same source mode
 (a random source costs the sender a `bpf_get_prandom_u32` and checksum update per frame).
+The bare `XDP_DROP` and floodwall are attached in turn, round after round ({paired_rounds}
+rounds, each sample after a warm-up of {warmup} frames): floodwall's ratio is the median over
+rounds of its sample over the bare sample of the same round, so the shared machine's drift
+moves both sides of each ratio alike. The other rows are measured after them, against the
+bare rows' medians.
 
 {tput_table}
 Targets (issue 12): floodwall's known source over its limit and random-source flood at most
@@ -1669,6 +1810,8 @@ is the same; the stub row with no rules is the skb path's own cost.
         samples = mode.samples,
         tput_frames = mode.tput_frames,
         tput_samples = mode.tput_samples,
+        paired_rounds = mode.tput_samples * PAIRED_FACTOR,
+        warmup = WARMUP_FRAMES,
         acc = mode.accuracy,
         entries = mode.import_entries,
     );
