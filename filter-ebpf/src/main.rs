@@ -180,7 +180,7 @@ pub fn floodwall(ctx: XdpContext) -> u32 {
     };
     let reason = limited(reason, &frame);
     let action = finish(cfg, slot, ifindex, reason, src.as_ref(), len, &mut frame);
-    traced(&ctx, src.as_ref(), reason, action, len, ifindex)
+    traced(&ctx, cfg, src.as_ref(), reason, action, len, ifindex)
 }
 
 /// The live config record. Read once per frame: the record is never written while a frame
@@ -234,14 +234,15 @@ pub fn floodwall_syn(ctx: XdpContext) -> u32 {
     };
     let reason = limited(reason, &frame);
     let action = finish(cfg, slot, ifindex, reason, Some(&ip.src), len, &mut frame);
-    traced(&ctx, Some(&ip.src), reason, action, len, ifindex)
+    traced(&ctx, cfg, Some(&ip.src), reason, action, len, ifindex)
 }
 
 /// Hands a decided frame to `floodwall_trace` while a trace is on; returns the frame's action
-/// (the trace program returns the same one). Off, this is one array lookup.
+/// (the trace program returns the same one). Off, this reads only the config's flag.
 #[inline(always)]
 fn traced(
     ctx: &XdpContext,
+    cfg: &Config,
     src: Option<&SourceKey>,
     reason: Reason,
     action: u32,
@@ -249,7 +250,7 @@ fn traced(
     ifindex: u32,
 ) -> u32 {
     let Some(src) = src else { return action };
-    if !TRACE.get(0).is_some_and(|t| t.on != 0) {
+    if !cfg.trace_on() || !TRACE.get(0).is_some_and(|t| t.on != 0) {
         return action;
     }
     let Some(record) = TRACE_SCRATCH.get_ptr_mut(0) else {

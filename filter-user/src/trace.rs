@@ -21,12 +21,15 @@ use crate::{
     kernel::{self, KernelError},
     lists::mono_now_ns,
     paths::Paths,
+    state::{Lock, StateError},
 };
 
 #[derive(Debug, Error)]
 pub enum TraceError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error(
         "the loaded filter has no trace program (`{TRACE_PROGRAM_NAME}`): it was loaded by an \
          older floodwall; `floodwall detach --all` and attach again"
@@ -34,6 +37,13 @@ pub enum TraceError {
     NoTraceProgram,
     #[error("cannot read the trace log: {0}")]
     Log(String),
+}
+
+/// Switches the trace on or off, under the lock: a switch republishes the config record (see
+/// `kernel::set_trace`), as every other writer of it does under the lock.
+fn switch(paths: &Paths, trace: Option<&TraceConfig>) -> Result<(), TraceError> {
+    let _lock = Lock::acquire(paths)?;
+    Ok(kernel::set_trace(paths, trace)?)
 }
 
 /// How long a trace outlives its last renewal.
@@ -171,13 +181,18 @@ pub fn trace(
                 || end.is_some_and(|e| now >= e)
                 || printed.load(Ordering::Relaxed) >= max;
             if over && !draining {
-                kernel::set_trace(paths, None)?;
+                switch(paths, None)?;
                 draining = true;
             }
             if !draining && renewed.is_none_or(|r| now - r >= Duration::from_secs(1)) {
                 let lease = end.map_or(LEASE, |e| e.saturating_duration_since(now).min(LEASE));
                 let until = mono_now_ns().saturating_add(lease.as_nanos() as u64);
-                kernel::set_trace(paths, Some(&config(cidr, rate, until)))?;
+                let trace = config(cidr, rate, until);
+                if renewed.is_none() {
+                    switch(paths, Some(&trace))?;
+                } else {
+                    kernel::set_trace(paths, Some(&trace))?;
+                }
                 renewed = Some(now);
             }
             let mut fd = libc::pollfd {
@@ -194,7 +209,7 @@ pub fn trace(
         }
     })();
     // Whatever happened, the trace goes off.
-    let off = kernel::set_trace(paths, None);
+    let off = switch(paths, None);
     result?;
     off?;
     Ok(printed.load(Ordering::Relaxed).min(max))

@@ -40,7 +40,19 @@ fn active_config_slot(paths: &Paths) -> Result<u32, KernelError> {
 /// The caller holds the lock, so no other writer uses the spare slot meanwhile.
 /// A record equal to the live one is not written again (most list changes leave it as it is),
 /// which spares those changes the wait.
+/// The trace flag (`FLAG_TRACE`) is not the caller's: it is taken from `TRACE` as it is now.
 pub fn write_config(paths: &Paths, config: &Config) -> Result<(), KernelError> {
+    publish_config(paths, config, trace_on(paths)?)
+}
+
+/// `write_config` with `FLAG_TRACE` as `trace` says.
+fn publish_config(paths: &Paths, config: &Config, trace: bool) -> Result<(), KernelError> {
+    let mut config = *config;
+    config.flags &= !FLAG_TRACE;
+    if trace {
+        config.flags |= FLAG_TRACE;
+    }
+    let config = &config;
     let mut array: Array<MapData, Config> = open_as(paths, MAP_CONFIG)?;
     let mut active: Array<MapData, u32> = open_as(paths, MAP_CONFIG_ACTIVE)?;
     let live = active_config_slot(paths)?;
@@ -337,11 +349,42 @@ pub(super) fn count_keys(map: &Map) -> u64 {
 }
 
 /// Switches `floodwall trace` on (with what it matches) or off (`None`).
+/// Writes `TRACE`, keeping the live config's `FLAG_TRACE` set whenever `TRACE` is on: a switch
+/// on republishes the config with the flag first, a switch off clears the flag after `TRACE`
+/// (frames that see the flag with `TRACE` off read `TRACE` and go on). A switch writes the
+/// config, so its caller holds the lock; renewing a trace that is on writes `TRACE` alone.
 pub fn set_trace(paths: &Paths, trace: Option<&TraceConfig>) -> Result<(), KernelError> {
+    let trace = trace.copied().unwrap_or_default();
+    let on = trace.on != 0;
+    if on {
+        let live = read_config(paths)?;
+        if !live.trace_on() {
+            publish_config(paths, &live, true)?;
+        }
+    }
     let mut array: Array<MapData, TraceConfig> = open_as(paths, MAP_TRACE)?;
     array
-        .set(0, trace.copied().unwrap_or_default(), 0)
+        .set(0, trace, 0)
         .map_err(|source| KernelError::Update {
+            name: MAP_TRACE,
+            source,
+        })?;
+    if !on {
+        let live = read_config(paths)?;
+        if live.trace_on() {
+            publish_config(paths, &live, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a trace is on in the kernel (`TRACE`'s `on`).
+fn trace_on(paths: &Paths) -> Result<bool, KernelError> {
+    let array: Array<MapData, TraceConfig> = open_as(paths, MAP_TRACE)?;
+    array
+        .get(&0, 0)
+        .map(|t| t.on != 0)
+        .map_err(|source| KernelError::OpenMap {
             name: MAP_TRACE,
             source,
         })

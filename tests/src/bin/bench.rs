@@ -313,7 +313,7 @@ fn floodwall_cases(mode: &Mode, bare_ns: u64) -> Result<Vec<Row>> {
     // The same with `floodwall trace` on: for another prefix (the frame is handed to the
     // trace program, which does not match it), and for its own prefix at 1 line a second
     // (the lines are spent, so every run takes the suppressed path). Trace off is the row
-    // above: one array lookup.
+    // above: a flag of the config record.
     let trace = |cidr: &str, rate: u64| -> Result<filter_common::TraceConfig> {
         Ok(floodwall::trace::config(&cidr.parse()?, rate, u64::MAX))
     };
@@ -1853,7 +1853,7 @@ per-reason counters).
 - *trace on*: `floodwall trace` switched on in the kernel for another prefix (the frame is
   handed to the trace program by a tail call, which does not match it), or for the source's
   own prefix at 1 line a second (the lines spent: every run is counted as suppressed). With
-  the trace off, the filter's only cost is one array lookup (the plain *known source* row).
+  the trace off, the filter's only cost is a test of a config flag (the plain *known source* row).
 - *known source, over its limit*: pps 1, burst 1, the burst spent by a first packet.
 - *blocklisted*: the source is a /32 on the blocklist, with 10, 1,000, 100,000 and 1,000,000
   /32 host entries (bulk-inserted straight into the kernel map after the first few through the
