@@ -73,7 +73,7 @@ pub const fn host_cover_base(allow: bool, v4: bool) -> u32 {
 }
 
 /// Which sources may have state in `SOURCES`: one bit per [`addr_bit`] of the key, in two
-/// generations of [`KNOWN_WORDS`] words. The kernel looks a source up only if its bit is set
+/// generations of [`known_words`] words. The kernel looks a source up only if its bit is set
 /// in the generation `MAP_KNOWN_ACTIVE` names, so a spoofed flood's random sources (nearly all
 /// bits clear) skip the state lookup, which misses the cache for a random key. The kernel sets
 /// a source's bit in both generations once the source has state; the controller rebuilds the
@@ -82,9 +82,35 @@ pub const fn host_cover_base(allow: bool, v4: bool) -> u32 {
 /// is ever missed.
 pub const MAP_KNOWN: &str = "KNOWN";
 pub const MAP_KNOWN_ACTIVE: &str = "KNOWN_ACTIVE";
-pub const KNOWN_LOG2: u32 = 21;
-pub const KNOWN_WORDS: u32 = 1 << (KNOWN_LOG2 - 6);
-pub const KNOWN_ENTRIES: u32 = 2 * KNOWN_WORDS;
+/// Bounds of a `KNOWN` generation's size, as a power of two in bits.
+pub const KNOWN_MIN_LOG2: u32 = 12;
+pub const KNOWN_MAX_LOG2: u32 = 24;
+
+/// A `KNOWN` generation's size for a `SOURCES` capacity, as a power of two in bits: at least
+/// twice the capacity, so a full map leaves most bits clear (at most 39% set), and no larger,
+/// since a random source's word must come from the cache: on a veth, a random-source flood
+/// cost 25-30 ns more per frame in the filter with 2^21 bits than with 2^18 (the default
+/// capacity's size).
+pub const fn known_log2(sources: u32) -> u32 {
+    let log2 = 32 - sources.saturating_sub(1).leading_zeros() + 1;
+    if log2 < KNOWN_MIN_LOG2 {
+        KNOWN_MIN_LOG2
+    } else if log2 > KNOWN_MAX_LOG2 {
+        KNOWN_MAX_LOG2
+    } else {
+        log2
+    }
+}
+
+/// Words of a `KNOWN` generation of `2^log2` bits.
+pub const fn known_words(log2: u32) -> u32 {
+    1 << (log2 - 6)
+}
+
+/// Entries of the `KNOWN` array for a `SOURCES` capacity: its two generations.
+pub const fn known_entries(sources: u32) -> u32 {
+    2 * known_words(known_log2(sources))
+}
 
 /// The bit of an address (its four words as [`SourceKey::words`] reads them) in a bitmap of
 /// `2^log2` bits: the top bits of murmur3's 64-bit finalizer, the same on both sides. A plain
@@ -106,12 +132,12 @@ const fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
-/// A source key's bit in a `KNOWN` generation.
+/// A source key's bit in a `KNOWN` generation of `2^log2` bits (`Config::known_log2`).
 #[inline(always)]
-pub fn known_bit(key: &SourceKey) -> u32 {
+pub fn known_bit(key: &SourceKey, log2: u32) -> u32 {
     let mut w = key.words();
     w[1] ^= key.family;
-    addr_bit(w, KNOWN_LOG2)
+    addr_bit(w, log2)
 }
 
 /// A host's bit in its list's `HOST_COVER` bits.
@@ -275,8 +301,13 @@ pub struct Config {
     /// time as `bpf_jiffies64() * tick_ns`, at a tenth of the cost of even the coarse clock,
     /// so a drop whose decision needed no time reads none; 0 falls back to the filter's clock.
     pub tick_ns: u32,
+    /// The size of a `KNOWN` generation, `2^known_log2` bits, as the map was created; outside
+    /// `KNOWN_MIN_LOG2..=KNOWN_MAX_LOG2` (a record written without it) every source is looked
+    /// up. Written by `kernel::write_config` from the map itself.
+    pub known_log2: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 16 + 7 * 16 + 8 + 16 + 8);
+const _: () = assert!(size_of::<Config>() == 16 + 7 * 16 + 8 + 16 + 8 + 8);
 
 impl Config {
     pub const fn dry_run(&self) -> bool {
@@ -575,9 +606,20 @@ mod tests {
             }
         };
         // 4,096 keys in 2^21 bits share about 4 bits by chance.
-        assert!(distinct(&mut (195_905..200_001).map(v4), known_bit) >= 4_080);
-        assert!(distinct(&mut (0..4_096).map(v6), known_bit) >= 4_080);
+        let known = |key: &SourceKey| known_bit(key, 21);
+        assert!(distinct(&mut (195_905..200_001).map(v4), known) >= 4_080);
+        assert!(distinct(&mut (0..4_096).map(v6), known) >= 4_080);
         assert!(distinct(&mut (0..4_096).map(|n| v4(n << 8)), host_cover_bit) >= 4_070);
+    }
+
+    #[test]
+    fn known_bitmap_is_twice_the_sources_capacity_within_bounds() {
+        assert_eq!(known_log2(DEFAULT_SOURCES), 18);
+        assert_eq!(known_log2(100_000), 18);
+        assert_eq!(known_log2(8_192), 14);
+        assert_eq!(known_log2(1), KNOWN_MIN_LOG2);
+        assert_eq!(known_log2(u32::MAX), KNOWN_MAX_LOG2);
+        assert_eq!(known_entries(DEFAULT_SOURCES), 2 * (1 << 12));
     }
 
     #[test]

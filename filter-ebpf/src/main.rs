@@ -27,15 +27,15 @@ use filter_common::{
     Bucket, CONFIG_SLOTS, COUNTER_ENTRIES, COUNTER_SLOTS, Config, Counter, DEFAULT_HOST_ENTRIES,
     DEFAULT_NET_ENTRIES, DEFAULT_SOURCES, DropEvent, EVENT_RING_BYTES, EVENT_SEEN_ENTRIES,
     FAMILY_V4, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_EVENTS, GLOBAL_NEWCOMER, GLOBAL_PKT,
-    GLOBAL_SLOTS, GLOBAL_TRACE, GlobalBucket, HOST_COVER_ENTRIES, IFINDEX_LIMIT, KNOWN_ENTRIES,
-    KNOWN_WORDS, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST, LIST_ALLOW6_NET,
+    GLOBAL_SLOTS, GLOBAL_TRACE, GlobalBucket, HOST_COVER_ENTRIES, IFINDEX_LIMIT, KNOWN_MAX_LOG2,
+    KNOWN_MIN_LOG2, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST, LIST_ALLOW6_NET,
     LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET, ListEntry, MISC_ADMITTED,
     MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT, MISC_EVENTS_SUPPRESSED,
     MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, MISC_SYN_HANDOVER_FAILED, MISC_TRACE_SUPPRESSED,
     NET_COVER_ENTRIES, PENDING_DROPS_NS, PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE, PROGRAM_SLOTS,
     PendingDrops, Reason, SourceKey, SourceState, TraceConfig, TraceRecord, byte_cost,
-    counter_index, host_cover_base, host_cover_bit, known_bit, mask_prefix, net_cover_base,
-    syn::PROTO_TCP,
+    counter_index, host_cover_base, host_cover_bit, known_bit, known_entries, known_words,
+    mask_prefix, net_cover_base, syn::PROTO_TCP,
 };
 
 use crate::{
@@ -88,7 +88,7 @@ static HOST_COVER: Array<u64> = Array::pinned(HOST_COVER_ENTRIES, BPF_F_MMAPABLE
 /// Which sources may have state, in two generations (see `filter_common::MAP_KNOWN`), and
 /// which generation is read.
 #[map]
-static KNOWN: Array<u64> = Array::pinned(KNOWN_ENTRIES, BPF_F_MMAPABLE);
+static KNOWN: Array<u64> = Array::pinned(known_entries(DEFAULT_SOURCES), BPF_F_MMAPABLE);
 #[map]
 static KNOWN_ACTIVE: Array<u32> = Array::pinned(1, 0);
 /// Per CPU: over-limit drops of one source not yet added to its shared state.
@@ -324,7 +324,7 @@ fn vouched(cfg: &Config, src: &SourceKey, len: u64, frame: &mut Frame, proven: b
     let Some(key) = frame_key(cfg, src) else {
         return Reason::NewcomerLimited;
     };
-    let Some(state) = admit(key) else {
+    let Some(state) = admit(cfg, key) else {
         return Reason::NewcomerLimited;
     };
     if proven {
@@ -664,23 +664,32 @@ fn host_covered(src: &SourceKey, allow: bool) -> bool {
         .is_none_or(|bits| bits & (1u64 << (bit % 64)) != 0)
 }
 
-/// Whether `key` may have state: its bit in the active `KNOWN` generation.
+/// Whether `key` may have state: its bit in the active `KNOWN` generation. A config without
+/// the bitmap's size (see `Config::known_log2`) has every source looked up.
 #[inline(always)]
-fn maybe_known(key: &SourceKey) -> bool {
+fn maybe_known(cfg: &Config, key: &SourceKey) -> bool {
+    let log2 = cfg.known_log2;
+    if !(KNOWN_MIN_LOG2..=KNOWN_MAX_LOG2).contains(&log2) {
+        return true;
+    }
     let generation = KNOWN_ACTIVE.get(0).copied().unwrap_or(0) & 1;
-    let bit = known_bit(key);
+    let bit = known_bit(key, log2);
     KNOWN
-        .get(generation * KNOWN_WORDS + bit / 64)
+        .get(generation * known_words(log2) + bit / 64)
         .is_none_or(|bits| bits & (1u64 << (bit % 64)) != 0)
 }
 
 /// Sets `key`'s bit in both `KNOWN` generations, once it has state: atomically, since other
 /// CPUs and the controller's rebuild write the same words.
 #[inline(always)]
-fn mark_known(key: &SourceKey) {
-    let bit = known_bit(key);
+fn mark_known(cfg: &Config, key: &SourceKey) {
+    let log2 = cfg.known_log2;
+    if !(KNOWN_MIN_LOG2..=KNOWN_MAX_LOG2).contains(&log2) {
+        return;
+    }
+    let bit = known_bit(key, log2);
     for generation in 0..2 {
-        if let Some(word) = KNOWN.get_ptr_mut(generation * KNOWN_WORDS + bit / 64) {
+        if let Some(word) = KNOWN.get_ptr_mut(generation * known_words(log2) + bit / 64) {
             atomic_or(word, 1u64 << (bit % 64));
         }
     }
@@ -727,7 +736,7 @@ fn limit_source(
         return Reason::NewcomerLimited;
     };
     let now = frame.now();
-    let state = if maybe_known(key) {
+    let state = if maybe_known(cfg, key) {
         SOURCES.get_ptr_mut(key)
     } else {
         None
@@ -761,7 +770,7 @@ fn limit_source(
                 frame.took(TOOK_ADMISSION);
             }
             // The map refusing leaves the source limited as a newcomer: never fail open.
-            let Some(state) = admit(key) else {
+            let Some(state) = admit(cfg, key) else {
                 return Reason::NewcomerLimited;
             };
             return charge(cfg, key, state, len, frame);
@@ -776,7 +785,7 @@ fn limit_source(
 /// Gives the source `key` state of its own and returns it. Another CPU may have inserted it
 /// first; either way it exists after this unless the map refused.
 #[inline(always)]
-fn admit(key: &SourceKey) -> Option<*mut SourceState> {
+fn admit(cfg: &Config, key: &SourceKey) -> Option<*mut SourceState> {
     if SOURCES
         .insert(key, &SourceState::default(), BPF_NOEXIST as u64)
         .is_ok()
@@ -787,7 +796,7 @@ fn admit(key: &SourceKey) -> Option<*mut SourceState> {
     match state {
         // Once the state is in the map: a rebuild that clears the bit first finds the state
         // (see `filter_common::MAP_KNOWN`). A source the map refused gets no bit.
-        Some(_) => mark_known(key),
+        Some(_) => mark_known(cfg, key),
         None => bump(MISC_SOURCE_INSERT_FAILED),
     }
     state

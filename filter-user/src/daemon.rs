@@ -609,8 +609,9 @@ impl Watch {
             return;
         }
         self.last_known_check = Some(Instant::now());
-        let bits = 1u64 << filter_common::KNOWN_LOG2;
+        let mut bits = 0;
         let known = kernel::Known::open(paths).and_then(|mut known| {
+            bits = known.bits();
             let set = known.fill()?;
             if set * KNOWN_REBUILD_SHARE <= bits || set <= 2 * self.known_rebuilt {
                 return Ok(None);

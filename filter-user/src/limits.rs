@@ -264,6 +264,9 @@ impl Limits {
             syn_ports,
             syn_nports: nports as u32,
             tick_ns: u32::try_from(clock_tick_ns()).unwrap_or(0),
+            // The map's, set as the record is written (`kernel::write_config`).
+            known_log2: 0,
+            _pad: 0,
         }
     }
 }

@@ -11,9 +11,7 @@ use std::{
     time::Duration,
 };
 
-use filter_common::{
-    HOST_COVER_LOG2, HOST_COVER_WORDS, KNOWN_LOG2, LIST_MAP_NAMES, host_cover_base,
-};
+use filter_common::{HOST_COVER_LOG2, HOST_COVER_WORDS, LIST_MAP_NAMES, host_cover_base};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
@@ -225,7 +223,7 @@ impl Collector for FloodwallCollector {
             let list =
                 |allow: bool| hosts.count(host_cover_base(allow, true), 2 * HOST_COVER_WORDS);
             let rows = [
-                ("known", known.fill().unwrap_or(0), 1u64 << KNOWN_LOG2),
+                ("known", known.fill().unwrap_or(0), known.bits()),
                 ("allow_hosts", list(true), 2u64 << HOST_COVER_LOG2),
                 ("block_hosts", list(false), 2u64 << HOST_COVER_LOG2),
             ];

@@ -9,8 +9,8 @@ use std::{
 };
 
 use filter_common::{
-    FAMILY_V4, FAMILY_V6, KNOWN_WORDS, MAP_HOST_COVER, MAP_KNOWN, MAP_KNOWN_ACTIVE, SourceKey,
-    known_bit,
+    FAMILY_V4, FAMILY_V6, MAP_HOST_COVER, MAP_KNOWN, MAP_KNOWN_ACTIVE, SourceKey, known_bit,
+    known_words,
 };
 
 use aya::maps::MapFd;
@@ -144,17 +144,46 @@ pub struct KnownRebuild {
 }
 
 /// The `KNOWN` bitmap and which generation the kernel reads.
+/// A `KNOWN` generation's size as the map was created, as a power of two in bits
+/// (`Config::known_log2`).
+pub fn known_log2(paths: &Paths) -> Result<u32, KernelError> {
+    let array: Array<MapData, u64> = open_as(paths, MAP_KNOWN)?;
+    Ok(generation_log2(array.len()))
+}
+
+/// The size of each of the two generations in `entries` words.
+fn generation_log2(entries: u32) -> u32 {
+    (entries / 2).trailing_zeros() + 6
+}
+
 pub struct Known {
     active: Array<MapData, u32>,
     bits: Bitmap,
+    /// A generation's size, `2^log2` bits, from the map's own length.
+    log2: u32,
+    words: u32,
 }
 
 impl Known {
     pub fn open(paths: &Paths) -> Result<Known, KernelError> {
+        let bits = Bitmap::open(paths, MAP_KNOWN)?;
+        let log2 = generation_log2(u32::try_from(bits.words).unwrap_or(0));
         Ok(Known {
             active: open_as(paths, MAP_KNOWN_ACTIVE)?,
-            bits: Bitmap::open(paths, MAP_KNOWN)?,
+            log2,
+            words: known_words(log2),
+            bits,
         })
+    }
+
+    /// A generation's size as a power of two in bits (`Config::known_log2`).
+    pub fn log2(&self) -> u32 {
+        self.log2
+    }
+
+    /// Bits in a generation.
+    pub fn bits(&self) -> u64 {
+        1u64 << self.log2
     }
 
     /// The generation the kernel reads.
@@ -170,14 +199,14 @@ impl Known {
 
     /// Set bits of the generation the kernel reads.
     pub fn fill(&self) -> Result<u64, KernelError> {
-        Ok(self.bits.count(self.active()? * KNOWN_WORDS, KNOWN_WORDS))
+        Ok(self.bits.count(self.active()? * self.words, self.words))
     }
 
     /// Whether the kernel looks `key` up in `SOURCES` (its bit in the active generation).
     pub fn contains(&self, key: &SourceKey) -> Result<bool, KernelError> {
         Ok(self
             .bits
-            .is_set(self.active()? * KNOWN_WORDS, known_bit(key)))
+            .is_set(self.active()? * self.words, known_bit(key, self.log2)))
     }
 
     /// Rebuilds the idle generation from `SOURCES` and makes it the active one, so bits of
@@ -191,13 +220,14 @@ impl Known {
     pub fn rebuild(&mut self, paths: &Paths) -> Result<KnownRebuild, KernelError> {
         let active = self.active()?;
         let idle = 1 - active;
-        let before = self.bits.count(active * KNOWN_WORDS, KNOWN_WORDS);
-        self.bits.clear(idle * KNOWN_WORDS, KNOWN_WORDS);
+        let (words, log2) = (self.words, self.log2);
+        let before = self.bits.count(active * words, words);
+        self.bits.clear(idle * words, words);
         let map: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
         let mut sources = 0;
         let bits = &self.bits;
         for_each_source_key(map.map().fd(), |key| {
-            bits.set(idle * KNOWN_WORDS, known_bit(key));
+            bits.set(idle * words, known_bit(key, log2));
             sources += 1;
         })?;
         self.active
@@ -208,7 +238,7 @@ impl Known {
             })?;
         Ok(KnownRebuild {
             before,
-            after: self.bits.count(idle * KNOWN_WORDS, KNOWN_WORDS),
+            after: self.bits.count(idle * words, words),
             sources,
         })
     }

@@ -40,7 +40,8 @@ fn active_config_slot(paths: &Paths) -> Result<u32, KernelError> {
 /// The caller holds the lock, so no other writer uses the spare slot meanwhile.
 /// A record equal to the live one is not written again (most list changes leave it as it is),
 /// which spares those changes the wait.
-/// The trace flag (`FLAG_TRACE`) is not the caller's: it is taken from `TRACE` as it is now.
+/// The trace flag (`FLAG_TRACE`) and `known_log2` are not the caller's: they are taken from
+/// `TRACE` as it is now and from `KNOWN`'s size.
 pub fn write_config(paths: &Paths, config: &Config) -> Result<(), KernelError> {
     publish_config(paths, config, trace_on(paths)?)
 }
@@ -48,6 +49,7 @@ pub fn write_config(paths: &Paths, config: &Config) -> Result<(), KernelError> {
 /// `write_config` with `FLAG_TRACE` as `trace` says.
 fn publish_config(paths: &Paths, config: &Config, trace: bool) -> Result<(), KernelError> {
     let mut config = *config;
+    config.known_log2 = known_log2(paths)?;
     config.flags &= !FLAG_TRACE;
     if trace {
         config.flags |= FLAG_TRACE;

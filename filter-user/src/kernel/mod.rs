@@ -35,7 +35,7 @@ use filter_common::{
     MAP_SOURCES, MAP_SYN_ACTIVE, MAP_TRACE, MAX_INTERFACES, NET_COVER_WORDS, PROGRAM_NAME,
     PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE, PendingDrops, Reason, SYN_PROGRAM_NAME, SourceKey,
     SourceState, TRACE_PROGRAM_NAME, TraceConfig, counter_index, host_cover_base, host_cover_bit,
-    net_cover_base, net_cover_range,
+    known_entries, net_cover_base, net_cover_range,
 };
 use thiserror::Error;
 

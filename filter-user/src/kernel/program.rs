@@ -17,6 +17,7 @@ pub fn load(paths: &Paths, capacity: &Capacity) -> Result<(), KernelError> {
         (MAP_BLOCK4_NET, capacity.block_nets),
         (MAP_BLOCK6_NET, capacity.block_nets),
         (MAP_SOURCES, capacity.sources),
+        (MAP_KNOWN, known_entries(capacity.sources)),
     ] {
         loader.map_max_entries(name, size);
     }
