@@ -30,6 +30,8 @@ use serde_json::{Value, json};
 
 #[path = "bench/cpus.rs"]
 mod cpus;
+#[path = "bench/insitu.rs"]
+mod insitu;
 #[path = "bench/peer.rs"]
 mod peer;
 #[path = "bench/senders.rs"]
@@ -139,8 +141,13 @@ fn main() -> Result<()> {
             println!("{}", throughput_table(&throughput(&mode)?));
             return Ok(());
         }
+        Some("insitu") => {
+            println!("{}", insitu::table(&insitu::measure(&mode)?));
+            return Ok(());
+        }
         Some(other) => bail!(
-            "--only takes `cost`, `cpus`, `peer`, `random`, `senders` or `veth`, not `{other}`"
+            "--only takes `cost`, `cpus`, `insitu`, `peer`, `random`, `senders` or `veth`, not \
+             `{other}`"
         ),
     }
     let mut rows = Vec::new();
@@ -171,6 +178,8 @@ fn main() -> Result<()> {
     println!("{tput_table}");
     let two_senders = senders::two_senders(&mode)?;
     println!("{}", senders::table(&two_senders));
+    let in_situ = insitu::measure(&mode)?;
+    println!("{}", insitu::table(&in_situ));
 
     let accuracy = accuracy(&mode)?;
     println!("{}", accuracy.table());
@@ -195,6 +204,7 @@ fn main() -> Result<()> {
         cpu_rounds,
         peer: &peer,
         senders: &two_senders,
+        in_situ: &in_situ,
     };
     write_json(&root, &report)?;
     write_markdown(&root, &report, &program_table, &tput_table)?;
@@ -1612,6 +1622,7 @@ struct Report<'a> {
     cpu_rounds: usize,
     peer: &'a peer::Peer,
     senders: &'a [senders::SenderRow],
+    in_situ: &'a [insitu::InSitu],
 }
 
 fn write_json(root: &Path, r: &Report<'_>) -> Result<()> {
@@ -1691,8 +1702,15 @@ fn write_json(root: &Path, r: &Report<'_>) -> Result<()> {
             "method": "BPF_PROG_TEST_RUN live frames (batch 64) in a sender namespace, XDP_REDIRECT into a veth whose peer in a receiver namespace runs the receiver",
             "frames_per_sample": mode.tput_frames,
             "samples": mode.tput_samples,
-            "statistic": "median of samples",
+            "paired_rounds": mode.tput_samples * PAIRED_FACTOR,
+            "statistic": "median of samples; floodwall's ratio: median over rounds of its sample over the bare XDP_DROP sample of the same round (attached in turn)",
             "cases": tput,
+        },
+        "in_situ_program_time": {
+            "method": "the receivers' own run time per run on the veth, from BPF_ENABLE_STATS (run_time_ns / run_cnt over each sample), in a pass of its own; bare XDP_DROP and floodwall attached in turn",
+            "rounds": mode.tput_samples * PAIRED_FACTOR,
+            "statistic": "median of rounds",
+            "cases": insitu::json(r.in_situ),
         },
         "xdp_filter_peer": r.peer.json(),
         "throughput_two_senders": {
@@ -1830,6 +1848,17 @@ flood). Kernel time per frame of the senders, median of {sender_samples} samples
 Target (issue 12): each floodwall flood case's both / one within 5% of its blocklisted case's,
 whose path writes nothing shared.
 
+### The programs' own time on the veth
+
+The receivers' own run time per run while the floods above run into the veth, from the
+kernel's BPF statistics (`BPF_ENABLE_STATS`: `run_time_ns` / `run_cnt` over each sample),
+in a pass of its own after the rows above (with the statistics on, each run also reads the
+clock twice, in both columns alike). Bare `XDP_DROP` and floodwall attached in turn,
+{in_situ_rounds} rounds, medians. This is the part of a veth row's difference that is the
+program itself, with the caches as the stack leaves them, unlike the program-cost rows of
+section 3.
+
+{in_situ_table}
 ## 2. Accuracy
 
 One source (198.51.100.1) sending as fast as it can through `BPF_PROG_TEST_RUN` from one
@@ -1946,6 +1975,8 @@ should have carried them began); the periodic full pull (`resync_secs`) repaired
         cpu_repeat = mode.repeat,
         sender_samples = mode.tput_samples * senders::SAMPLES_FACTOR,
         senders_table = senders::table(r.senders),
+        in_situ_rounds = mode.tput_samples * PAIRED_FACTOR,
+        in_situ_table = insitu::table(r.in_situ),
         peer_table = r.peer.table(),
         cpu_table = cpus::table(r.cpus, r.cpu_rounds),
         syn_flood_table = r.syn_flood.table(),
