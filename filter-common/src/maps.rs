@@ -420,8 +420,16 @@ pub struct PendingDrops {
     pub count: u64,
     /// When the CPU last added its count to the source's state (filter clock).
     pub since_ns: u64,
+    /// Until when `key` is over its packet limit (filter clock; 0: not known to be), taken
+    /// from its arrival time as its last drop found it, with the packet bucket it was found
+    /// over (`over_cost`, `over_tau`). No frame of the source conforms before then: takes
+    /// only move the arrival time on, and a refund only follows a frame that conformed. The
+    /// kernel drops such a frame without its state.
+    pub over_until_ns: u64,
+    pub over_cost: u64,
+    pub over_tau: u64,
 }
-const _: () = assert!(size_of::<PendingDrops>() == 40);
+const _: () = assert!(size_of::<PendingDrops>() == 64);
 
 /// Per-source state, updated lock-free by compare-and-swap and atomic adds.
 #[repr(C)]

@@ -736,6 +736,9 @@ fn limit_source(
         return Reason::NewcomerLimited;
     };
     let now = frame.now();
+    if cfg.limits_sources() && still_over(cfg, key, now) {
+        return Reason::OverPps;
+    }
     let state = if maybe_known(cfg, key) {
         SOURCES.get_ptr_mut(key)
     } else {
@@ -837,7 +840,17 @@ fn charge(
         }
     }
     if reason != Reason::Passed {
-        count_drop(key, state, now);
+        // Over its packet bucket on a plain read (not a lost race): over until its arrival
+        // time is within one cost of tau.
+        let over_until = if reason == Reason::OverPps && frame.taken() & CONTENDED == 0 {
+            // SAFETY: as above; an aligned 64-bit load.
+            let tat = unsafe { core::ptr::read_volatile(&state.tat_pkt) };
+            tat.saturating_add(cfg.source_pkt.cost)
+                .saturating_sub(cfg.source_pkt.tau)
+        } else {
+            0
+        };
+        count_drop(key, state, now, over_until, &cfg.source_pkt);
         return reason;
     }
     atomic_add(&mut state.passed, 1);
@@ -851,13 +864,16 @@ fn charge(
 /// cache line about once a second per CPU, not once per frame. Readers (`top`, bans) add what
 /// the CPUs hold.
 #[inline(always)]
-fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64) {
+fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64, over_until: u64, pkt: &Bucket) {
     let Some(pending) = PENDING_DROPS.get_ptr_mut(0) else {
         atomic_add(&mut state.dropped, 1);
         return;
     };
     // SAFETY: this CPU's own element, valid for this run.
     let pending = unsafe { &mut *pending };
+    pending.over_until_ns = over_until;
+    pending.over_cost = pkt.cost;
+    pending.over_tau = pkt.tau;
     if same_source(&pending.key, key) {
         pending.count += 1;
         if now.wrapping_sub(pending.since_ns) < PENDING_DROPS_NS {
@@ -878,6 +894,28 @@ fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64) {
     pending.key = *key;
     pending.count = 1;
     pending.since_ns = now;
+}
+
+/// Whether `key` is the source this CPU holds drops of and is still over its packet limit at
+/// `now` under the same bucket (see `PendingDrops::over_until_ns`): then the frame is dropped
+/// and counted without the state lookup. Not once the held count is due to be added to the
+/// state, which `count_drop` does.
+#[inline(always)]
+fn still_over(cfg: &Config, key: &SourceKey, now: u64) -> bool {
+    let Some(pending) = PENDING_DROPS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's own element, valid for this run.
+    let pending = unsafe { &mut *pending };
+    let over = now < pending.over_until_ns
+        && now.wrapping_sub(pending.since_ns) < PENDING_DROPS_NS
+        && ((pending.over_cost ^ cfg.source_pkt.cost) | (pending.over_tau ^ cfg.source_pkt.tau))
+            == 0
+        && same_source(&pending.key, key);
+    if over {
+        pending.count += 1;
+    }
+    over
 }
 
 /// Key equality without a branch per word: a derived `==` may become a `memcmp` call, which
