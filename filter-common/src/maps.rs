@@ -423,8 +423,10 @@ pub struct PendingDrops {
     /// Until when `key` is over its packet limit (filter clock; 0: not known to be), taken
     /// from its arrival time as its last drop found it, with the packet bucket it was found
     /// over (`over_cost`, `over_tau`). No frame of the source conforms before then: takes
-    /// only move the arrival time on, and a refund only follows a frame that conformed. The
-    /// kernel drops such a frame without its state.
+    /// only move the arrival time on, and a refund only follows a frame that conformed (one
+    /// that lands on another CPU after this drop read the arrival time makes the source
+    /// conform at most one packet's cost sooner than this CPU then lets it). The kernel drops
+    /// such a frame without its state.
     pub over_until_ns: u64,
     pub over_cost: u64,
     pub over_tau: u64,
