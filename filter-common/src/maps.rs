@@ -18,8 +18,10 @@ pub const MAP_GLOBALS: &str = "GLOBALS";
 pub const MAP_SOURCES: &str = "SOURCES";
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_EVENT_SEEN: &str = "EVENT_SEEN";
-/// Per CPU: over-limit drops of one source not yet added to its shared count.
-pub const MAP_PENDING_DROPS: &str = "PENDING_DROPS";
+/// Per CPU: what the data path keeps of the frame it decides and of the frames before
+/// ([`CpuScratch`]), among it the over-limit drops of one source not yet added to its shared
+/// count.
+pub const MAP_CPU_SCRATCH: &str = "CPU_SCRATCH";
 /// Which /16s (an address's first 16 bits, IPv4 or IPv6) each list's prefixes may cover: one
 /// bit per /16, [`NET_COVER_WORDS`] words per list and family, at [`net_cover_base`]. The
 /// kernel skips the prefix lookup for an address whose bit is clear. The controller sets a
@@ -391,6 +393,26 @@ impl SourceKey {
         // SAFETY: `addr` sits at offset 4 of a 4-aligned `repr(C)` struct: four aligned u32s.
         unsafe { core::ptr::read(self.addr.as_ptr().cast::<[u32; 4]>()) }
     }
+
+    /// The key with its address masked to its first `prefix_len` bits (`mask_prefix`), a word
+    /// at a time: the data path does this for every frame it limits.
+    #[inline(always)]
+    pub fn masked(&self, prefix_len: u32) -> SourceKey {
+        let w = self.words();
+        let mut key = SourceKey {
+            family: self.family,
+            addr: [0; 16],
+        };
+        let masked = [
+            w[0] & prefix_mask_word(prefix_len, 0),
+            w[1] & prefix_mask_word(prefix_len, 1),
+            w[2] & prefix_mask_word(prefix_len, 2),
+            w[3] & prefix_mask_word(prefix_len, 3),
+        ];
+        // SAFETY: as in `words`.
+        unsafe { core::ptr::write(key.addr.as_mut_ptr().cast::<[u32; 4]>(), masked) };
+        key
+    }
 }
 
 /// One global bucket's GCRA arrival time, alone in its cache line: a frame that takes a
@@ -408,8 +430,8 @@ const _: () = assert!(size_of::<GlobalBucket>() == 64);
 /// frame: the shared line does not move between CPUs while a flood is dropped.
 pub const PENDING_DROPS_NS: u64 = 1_000_000_000;
 
-/// One CPU's over-limit drops of `key` that are not in `SourceState::dropped` yet (the
-/// element of the per-CPU `PENDING_DROPS` array). Readers add `count` to the source's
+/// One CPU's over-limit drops of `key` that are not in `SourceState::dropped` yet
+/// (`CpuScratch::pending`). Readers add `count` to the source's
 /// `dropped`; the kernel adds it when the CPU drops another source, or after
 /// [`PENDING_DROPS_NS`].
 #[repr(C)]
@@ -433,6 +455,35 @@ pub struct PendingDrops {
 }
 const _: () = assert!(size_of::<PendingDrops>() == 64);
 
+/// The element of the per-CPU `CPU_SCRATCH` array: everything the data path keeps per CPU,
+/// in one value, so that a frame touches one per-CPU value's cache lines rather than one
+/// map's each (each map costs a line for its pointers and one for the value). Userspace reads
+/// `pending`; the rest is the kernel's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuScratch {
+    /// The notes on the frame being decided (the tokens it took and other note bits, 0
+    /// until set), then the clock as last read: jiffies and the coarse clock.
+    pub notes: [u64; 3],
+    /// The key of the source the frame belongs to. In map memory rather than on the stack:
+    /// a stack key still read at the end of the decision (to hold its drops) stays live
+    /// through every check before, which multiplied the verifier's work.
+    pub key: SourceKey,
+    pub _pad: u32,
+    pub pending: PendingDrops,
+    /// The source this CPU last found reported, and when (event time base), so that a flood
+    /// from one source is suppressed without a hash lookup per frame. Family 0: none yet.
+    pub last_event: SourceKey,
+    pub _pad2: u32,
+    pub last_event_ns: u64,
+    /// Until when this CPU found the global event budget spent (event time base), with the
+    /// bucket it was found spent under; 0: not known to be.
+    pub events_spent_until: u64,
+    pub events_spent_cost: u64,
+    pub events_spent_tau: u64,
+}
+const _: () = assert!(size_of::<CpuScratch>() == 24 + 24 + 64 + 32 + 24);
+
 /// Per-source state, updated lock-free by compare-and-swap and atomic adds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -442,7 +493,7 @@ pub struct SourceState {
     /// GCRA arrival time of the byte bucket.
     pub tat_byte: u64,
     pub passed: u64,
-    /// Over-limit drops, without those CPUs still hold in `PENDING_DROPS`.
+    /// Over-limit drops, without those CPUs still hold (`CpuScratch::pending`).
     pub dropped: u64,
     /// Valid SYN cookies this source returned while it had no state (each one admitted it).
     pub proven: u64,
@@ -528,16 +579,25 @@ impl TraceConfig {
 /// Masks `addr` (network order) to its first `prefix_len` bits, in place.
 #[inline(always)]
 pub fn mask_prefix(addr: &mut [u8; 16], prefix_len: u32) {
-    let mut i = 0;
-    while i < 16 {
-        let bit = (i as u32) * 8;
-        if bit >= prefix_len {
-            addr[i] = 0;
-        } else if prefix_len - bit < 8 {
-            addr[i] &= 0xffu8 << (8 - (prefix_len - bit));
-        }
-        i += 1;
+    let mut w = 0;
+    while w < 4 {
+        let [a, b, c, d] = prefix_mask_word(prefix_len, w as u32).to_ne_bytes();
+        addr[4 * w] &= a;
+        addr[4 * w + 1] &= b;
+        addr[4 * w + 2] &= c;
+        addr[4 * w + 3] &= d;
+        w += 1;
     }
+}
+
+/// Word `i` (of four) of the mask that keeps an address's first `prefix_len` bits: the
+/// native-endian reading of the mask's network-order bytes, to AND with `SourceKey::words`.
+#[inline(always)]
+pub const fn prefix_mask_word(prefix_len: u32, i: u32) -> u32 {
+    let bits = prefix_len.saturating_sub(32 * i);
+    let bits = if bits > 32 { 32 } else { bits };
+    // Through 64 bits: a shift by 32 (no bits kept) is defined there.
+    u32::from_be((u64::MAX << (32 - bits)) as u32)
 }
 
 #[cfg(feature = "user")]
@@ -554,6 +614,7 @@ mod pod {
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for GlobalBucket {}
     unsafe impl aya::Pod for PendingDrops {}
+    unsafe impl aya::Pod for CpuScratch {}
 }
 
 #[cfg(test)]
@@ -589,6 +650,28 @@ mod tests {
         mask_prefix(&mut a, 64);
         assert_eq!(&a[..8], &[0xff; 8]);
         assert_eq!(&a[8..], &[0; 8]);
+    }
+
+    #[test]
+    fn a_masked_key_keeps_exactly_its_prefix_bits() {
+        let addr: [u8; 16] = core::array::from_fn(|i| 0xa5 ^ (i as u8).wrapping_mul(37));
+        let key = SourceKey { family: 6, addr };
+        for len in 0..=128u32 {
+            let masked = key.masked(len);
+            let mut bytes = addr;
+            mask_prefix(&mut bytes, len);
+            for bit in 0..128u32 {
+                let (byte, shift) = ((bit / 8) as usize, 7 - bit % 8);
+                let want = if bit < len {
+                    (addr[byte] >> shift) & 1
+                } else {
+                    0
+                };
+                assert_eq!((masked.addr[byte] >> shift) & 1, want, "/{len}, bit {bit}");
+                assert_eq!((bytes[byte] >> shift) & 1, want, "/{len}, bit {bit}");
+            }
+            assert_eq!(masked.family, 6);
+        }
     }
 
     #[test]

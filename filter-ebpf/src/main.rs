@@ -24,18 +24,18 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use filter_common::{
-    Bucket, CONFIG_SLOTS, COUNTER_ENTRIES, COUNTER_SLOTS, Config, Counter, DEFAULT_HOST_ENTRIES,
-    DEFAULT_NET_ENTRIES, DEFAULT_SOURCES, DropEvent, EVENT_RING_BYTES, EVENT_SEEN_ENTRIES,
-    FAMILY_V4, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_EVENTS, GLOBAL_NEWCOMER, GLOBAL_PKT,
-    GLOBAL_SLOTS, GLOBAL_TRACE, GlobalBucket, HOST_COVER_ENTRIES, IFINDEX_LIMIT, KNOWN_MAX_LOG2,
-    KNOWN_MIN_LOG2, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST, LIST_ALLOW6_NET,
-    LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET, ListEntry, MISC_ADMITTED,
-    MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT, MISC_EVENTS_SUPPRESSED,
-    MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, MISC_SYN_HANDOVER_FAILED, MISC_TRACE_SUPPRESSED,
-    NET_COVER_ENTRIES, PENDING_DROPS_NS, PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE, PROGRAM_SLOTS,
-    PendingDrops, Reason, SourceKey, SourceState, TraceConfig, TraceRecord, byte_cost,
-    counter_index, host_cover_base, host_cover_bit, known_bit, known_entries, known_words,
-    mask_prefix, net_cover_base, syn::PROTO_TCP,
+    Bucket, CONFIG_SLOTS, COUNTER_ENTRIES, COUNTER_SLOTS, Config, Counter, CpuScratch,
+    DEFAULT_HOST_ENTRIES, DEFAULT_NET_ENTRIES, DEFAULT_SOURCES, DropEvent, EVENT_RING_BYTES,
+    EVENT_SEEN_ENTRIES, FAMILY_V4, GLOBAL_ADMISSION, GLOBAL_BYTE, GLOBAL_EVENTS, GLOBAL_NEWCOMER,
+    GLOBAL_PKT, GLOBAL_SLOTS, GLOBAL_TRACE, GlobalBucket, HOST_COVER_ENTRIES, IFINDEX_LIMIT,
+    KNOWN_MAX_LOG2, KNOWN_MIN_LOG2, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST,
+    LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET,
+    ListEntry, MISC_ADMITTED, MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT,
+    MISC_EVENTS_SUPPRESSED, MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, MISC_SYN_HANDOVER_FAILED,
+    MISC_TRACE_SUPPRESSED, NET_COVER_ENTRIES, PENDING_DROPS_NS, PROGRAM_SLOT_SYN,
+    PROGRAM_SLOT_TRACE, PROGRAM_SLOTS, Reason, SourceKey, SourceState, TraceConfig, TraceRecord,
+    byte_cost, counter_index, host_cover_base, host_cover_bit, known_bit, known_entries,
+    known_words, net_cover_base, syn::PROTO_TCP,
 };
 
 use crate::{
@@ -70,15 +70,6 @@ static SOURCES: LruHashMap<SourceKey, SourceState> =
 static EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
 #[map]
 static EVENT_SEEN: LruHashMap<SourceKey, u64> = LruHashMap::pinned(EVENT_SEEN_ENTRIES, 0);
-/// Per CPU: the source this CPU last found reported, and when it was, so that a flood from
-/// one source is suppressed without a hash lookup per frame.
-#[map]
-static LAST_EVENT: PerCpuArray<LastEvent> = PerCpuArray::with_max_entries(1, 0);
-/// Per CPU: the key of the source the frame being decided belongs to. In map memory rather
-/// than on the stack: a stack key still read at the end of the decision (to hold its drops)
-/// stays live through every check before, which multiplied the verifier's work.
-#[map]
-static FRAME_KEY: PerCpuArray<SourceKey> = PerCpuArray::with_max_entries(1, 0);
 /// Which /16s each list's prefixes may cover (see `filter_common::MAP_NET_COVER`).
 #[map]
 static NET_COVER: Array<u64> = Array::pinned(NET_COVER_ENTRIES, 0);
@@ -91,9 +82,6 @@ static HOST_COVER: Array<u64> = Array::pinned(HOST_COVER_ENTRIES, BPF_F_MMAPABLE
 static KNOWN: Array<u64> = Array::pinned(known_entries(DEFAULT_SOURCES), BPF_F_MMAPABLE);
 #[map]
 static KNOWN_ACTIVE: Array<u32> = Array::pinned(1, 0);
-/// Per CPU: over-limit drops of one source not yet added to its shared state.
-#[map]
-static PENDING_DROPS: PerCpuArray<PendingDrops> = PerCpuArray::pinned(1, 0);
 /// Non-zero while `floodwall run` has switched an `auto` SYN challenge on. Apart from the
 /// config record, so that `limit set` and the service never overwrite each other.
 #[map]
@@ -379,10 +367,16 @@ fn finish(
     xdp_action::XDP_DROP
 }
 
-/// Per CPU: the notes on the frame being decided (`TOOK_*` and other note bits, 0 until
-/// set), then the clock as last read (`[jiffies, coarse clock]`, see `Frame::now`).
+/// Per CPU: the frame's notes, the kept clock, the source key, held drops, the last
+/// reported source, the event budget's state (see `filter_common::CpuScratch`).
 #[map]
-static FRAME: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+static CPU_SCRATCH: PerCpuArray<CpuScratch> = PerCpuArray::pinned(1, 0);
+
+/// This CPU's `CpuScratch`; `None` only if the per-CPU array is missing its element.
+#[inline(always)]
+fn scratch() -> Option<*mut CpuScratch> {
+    CPU_SCRATCH.get_ptr_mut(0)
+}
 const NOTES: usize = 0;
 const JIFFIES: usize = 1;
 const CLOCK: usize = 2;
@@ -407,8 +401,9 @@ impl Frame {
     /// Fresh notes for this frame; `None` only if the per-CPU array is missing its element.
     #[inline(always)]
     fn new() -> Option<Frame> {
-        let cache = FRAME.get_ptr_mut(0)?;
         // SAFETY: this CPU's own element, valid for this run.
+        let cache = unsafe { &raw mut (*scratch()?).notes };
+        // SAFETY: as above.
         unsafe { core::ptr::write_volatile(&mut (*cache)[NOTES], 0) };
         Some(Frame { cache })
     }
@@ -695,13 +690,13 @@ fn mark_known(cfg: &Config, key: &SourceKey) {
     }
 }
 
-/// The source's key, written into this CPU's `FRAME_KEY`; `None` only if the per-CPU array
+/// The source's key, written into this CPU's `CpuScratch::key`; `None` only if the per-CPU array
 /// is missing its element.
 #[inline(always)]
 fn frame_key(cfg: &Config, src: &SourceKey) -> Option<&'static SourceKey> {
-    let key = FRAME_KEY.get_ptr_mut(0)?;
     // SAFETY: this CPU's own element, valid for this run.
     unsafe {
+        let key = &raw mut (*scratch()?).key;
         *key = source_key(cfg, src);
         Some(&*key)
     }
@@ -710,16 +705,11 @@ fn frame_key(cfg: &Config, src: &SourceKey) -> Option<&'static SourceKey> {
 /// The source's key: its address masked to the configured prefix.
 #[inline(always)]
 fn source_key(cfg: &Config, src: &SourceKey) -> SourceKey {
-    let mut key = *src;
-    mask_prefix(
-        &mut key.addr,
-        if key.family == FAMILY_V4 {
-            cfg.prefix4
-        } else {
-            cfg.prefix6
-        },
-    );
-    key
+    src.masked(if src.family == FAMILY_V4 {
+        cfg.prefix4
+    } else {
+        cfg.prefix6
+    })
 }
 
 /// The per-source token buckets, with admission control for sources that have no state.
@@ -858,19 +848,19 @@ fn charge(
     Reason::Passed
 }
 
-/// Counts an over-limit drop of the source `key` (in `FRAME_KEY`), whose state is `state`.
+/// Counts an over-limit drop of the source `key` (in `CpuScratch::key`), whose state is `state`.
 /// The count is held per CPU and added to the shared state when this CPU drops another source
 /// or has held it for `PENDING_DROPS_NS`, so a flood being dropped writes the source's shared
 /// cache line about once a second per CPU, not once per frame. Readers (`top`, bans) add what
 /// the CPUs hold.
 #[inline(always)]
 fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64, over_until: u64, pkt: &Bucket) {
-    let Some(pending) = PENDING_DROPS.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         atomic_add(&mut state.dropped, 1);
         return;
     };
     // SAFETY: this CPU's own element, valid for this run.
-    let pending = unsafe { &mut *pending };
+    let pending = unsafe { &mut (*scratch).pending };
     pending.over_until_ns = over_until;
     pending.over_cost = pkt.cost;
     pending.over_tau = pkt.tau;
@@ -902,11 +892,11 @@ fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64, over_until: u6
 /// state, which `count_drop` does.
 #[inline(always)]
 fn still_over(cfg: &Config, key: &SourceKey, now: u64) -> bool {
-    let Some(pending) = PENDING_DROPS.get_ptr_mut(0) else {
+    let Some(scratch) = scratch() else {
         return false;
     };
     // SAFETY: this CPU's own element, valid for this run.
-    let pending = unsafe { &mut *pending };
+    let pending = unsafe { &mut (*scratch).pending };
     let over = now < pending.over_until_ns
         && now.wrapping_sub(pending.since_ns) < PENDING_DROPS_NS
         && ((pending.over_cost ^ cfg.source_pkt.cost) | (pending.over_tau ^ cfg.source_pkt.tau))
@@ -936,13 +926,38 @@ fn take(slot: u32, bucket: &Bucket, cost: u64, now: u64) -> bool {
     }
 }
 
-/// Whether global bucket `slot` would let one unit through now (no token is taken).
+/// Whether the global event budget is spent at `now` (no token is taken). Each CPU notes
+/// until when it found it spent, so a flood reads the shared bucket once per event the budget
+/// allows, not once per frame. That note holds: takes only move the arrival time on, and the
+/// event bucket has no refunds.
 #[inline(always)]
-fn has_budget(slot: u32, bucket: &Bucket, now: u64) -> bool {
-    match GLOBALS.get(slot) {
-        Some(global) => filter_common::gcra(global.tat, now, bucket.cost, bucket.tau).is_some(),
-        None => false,
+fn events_spent(scratch: Option<*mut CpuScratch>, cfg: &Config, now: u64) -> bool {
+    let bucket = &cfg.events;
+    let Some(scratch) = scratch else {
+        return true;
+    };
+    // SAFETY: this CPU's own element, valid for this run.
+    let scratch = unsafe { &mut *scratch };
+    if now < scratch.events_spent_until
+        && ((scratch.events_spent_cost ^ bucket.cost) | (scratch.events_spent_tau ^ bucket.tau))
+            == 0
+    {
+        return true;
     }
+    let Some(global) = GLOBALS.get(GLOBAL_EVENTS) else {
+        return true;
+    };
+    if filter_common::gcra(global.tat, now, bucket.cost, bucket.tau).is_some() {
+        return false;
+    }
+    // Spent: one unit conforms once the arrival time is within tau of now, one cost ahead.
+    scratch.events_spent_until = global
+        .tat
+        .saturating_add(bucket.cost)
+        .saturating_sub(bucket.tau);
+    scratch.events_spent_cost = bucket.cost;
+    scratch.events_spent_tau = bucket.tau;
+    true
 }
 
 /// GCRA on one arrival time. Contention that outlasts the retries takes no token, and is
@@ -953,9 +968,9 @@ fn take_ptr(tat: *mut u64, bucket: &Bucket, cost: u64, now: u64) -> bool {
         Some(ok) => ok,
         None => {
             bump(MISC_CAS_EXHAUSTED);
-            if let Some(notes) = FRAME.get_ptr_mut(0) {
+            if let Some(notes) = scratch() {
                 // SAFETY: this CPU's own element, valid for this run.
-                unsafe { (*notes)[NOTES] |= CONTENDED };
+                unsafe { (*notes).notes[NOTES] |= CONTENDED };
             }
             false
         }
@@ -989,28 +1004,31 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
     } else {
         frame.now()
     };
-    // A read of the global budget first: when it is spent (as in any flood) nothing more is
-    // done. Then the source's own interval, and only then is a token taken, so a flood from
-    // one source cannot spend the budget that the first drops of other sources need.
-    if !has_budget(GLOBAL_EVENTS, &cfg.events, now) {
-        bump(MISC_EVENTS_SUPPRESSED);
-        return;
-    }
-    let recent = LAST_EVENT.get_ptr_mut(0);
-    if let Some(recent) = recent {
+    // Reads first, and only then is a token taken, so a flood from one source cannot spend
+    // the budget that the first drops of other sources need: this CPU's last reported source
+    // (a flood from one source ends here), then the global budget (a flood from many ends
+    // here), then the source's own interval, a hash lookup.
+    let scratch = scratch();
+    if let Some(recent) = scratch {
         // SAFETY: this CPU's own element, valid for this run.
         let recent = unsafe { &*recent };
-        if same_source(&recent.src, src) && now.wrapping_sub(recent.at_ns) < cfg.event_interval_ns {
+        if same_source(&recent.last_event, src)
+            && now.wrapping_sub(recent.last_event_ns) < cfg.event_interval_ns
+        {
             bump(MISC_EVENTS_SUPPRESSED);
             return;
         }
+    }
+    if events_spent(scratch, cfg, now) {
+        bump(MISC_EVENTS_SUPPRESSED);
+        return;
     }
     let seen = EVENT_SEEN.get_ptr_mut(src);
     if let Some(last) = seen {
         // SAFETY: a map value valid for this run.
         let at_ns = unsafe { *last };
         if now.wrapping_sub(at_ns) < cfg.event_interval_ns {
-            remember_event(recent, src, at_ns);
+            remember_event(scratch, src, at_ns);
             bump(MISC_EVENTS_SUPPRESSED);
             return;
         }
@@ -1027,7 +1045,7 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
             let _ = EVENT_SEEN.insert(src, &now, 0);
         }
     }
-    remember_event(recent, src, now);
+    remember_event(scratch, src, now);
     let event = DropEvent {
         ts_ns: now,
         ifindex,
@@ -1043,22 +1061,13 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
     }
 }
 
-/// The source a CPU last found reported (see `LAST_EVENT`). Family 0 at first: no source.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct LastEvent {
-    src: SourceKey,
-    _pad: u32,
-    at_ns: u64,
-}
-
 #[inline(always)]
-fn remember_event(recent: Option<*mut LastEvent>, src: &SourceKey, at_ns: u64) {
-    if let Some(recent) = recent {
+fn remember_event(scratch: Option<*mut CpuScratch>, src: &SourceKey, at_ns: u64) {
+    if let Some(scratch) = scratch {
         // SAFETY: this CPU's own element, valid for this run.
         unsafe {
-            (*recent).src = *src;
-            (*recent).at_ns = at_ns;
+            (*scratch).last_event = *src;
+            (*scratch).last_event_ns = at_ns;
         }
     }
 }

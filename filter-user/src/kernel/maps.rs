@@ -194,28 +194,32 @@ pub fn read_misc(paths: &Paths) -> Result<Vec<u64>, KernelError> {
     Ok(out)
 }
 
-/// The per-CPU array of held over-limit drops (see `PendingDrops`). `None` for a filter
-/// pinned by a floodwall from before `PENDING_DROPS`, which counts every drop in the source's
-/// state.
-fn open_pending(paths: &Paths) -> Result<Option<PerCpuArray<MapData, PendingDrops>>, KernelError> {
-    if !paths.map_pin(MAP_PENDING_DROPS).exists() {
+/// The per-CPU array that holds each CPU's over-limit drops (`CpuScratch::pending`). `None`
+/// for a filter loaded by a floodwall from before `CPU_SCRATCH`: drops such a filter holds
+/// are not read until it is detached and attached again.
+fn open_pending(paths: &Paths) -> Result<Option<PerCpuArray<MapData, CpuScratch>>, KernelError> {
+    if !paths.map_pin(MAP_CPU_SCRATCH).exists() {
         return Ok(None);
     }
-    open_as(paths, MAP_PENDING_DROPS).map(Some)
+    open_as(paths, MAP_CPU_SCRATCH).map(Some)
 }
 
 /// What the CPUs hold now: each CPU one source's drops.
 fn held_drops(
-    pending: Option<&PerCpuArray<MapData, PendingDrops>>,
+    pending: Option<&PerCpuArray<MapData, CpuScratch>>,
 ) -> Result<Vec<PendingDrops>, KernelError> {
     let Some(array) = pending else {
         return Ok(Vec::new());
     };
     let values = array.get(&0, 0).map_err(|source| KernelError::OpenMap {
-        name: MAP_PENDING_DROPS,
+        name: MAP_CPU_SCRATCH,
         source,
     })?;
-    Ok(values.iter().filter(|p| p.count != 0).copied().collect())
+    Ok(values
+        .iter()
+        .map(|s| s.pending)
+        .filter(|p| p.count != 0)
+        .collect())
 }
 
 fn held_for(held: &[PendingDrops], key: &SourceKey) -> u64 {
@@ -226,7 +230,7 @@ fn held_for(held: &[PendingDrops], key: &SourceKey) -> u64 {
 /// with what the CPUs still hold.
 pub struct SourceReader {
     map: HashMap<MapData, SourceKey, SourceState>,
-    pending: Option<PerCpuArray<MapData, PendingDrops>>,
+    pending: Option<PerCpuArray<MapData, CpuScratch>>,
 }
 
 impl SourceReader {
