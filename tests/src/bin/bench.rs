@@ -1841,8 +1841,10 @@ is the same; the stub row with no rules is the skb path's own cost.
 The same floods from a packet source pinned to CPU 0, then from one pinned to each CPU at
 once, into a veth with two queues per end, so each sender's frames are received and run
 through the receiver's XDP program in its own CPU's NAPI poll (as a multi-queue NIC spreads a
-flood). Kernel time per frame of the senders, median of {sender_samples} samples; floodwall
-(1000 pps per source, the blocklisted /24) counted every frame sent.
+flood). Kernel time per frame of the senders, {sender_samples} rounds: in each, every flood of a
+receiver in turn, one sender then both, so a receiver's cases (floodwall's reference among
+them) see the same drift of the shared machine; medians, and the median of the rounds' both /
+one. floodwall (1000 pps per source, the blocklisted /24) counted every frame sent.
 
 {senders_table}
 Target (issue 12): each floodwall flood case's both / one within 5% of its blocklisted case's,

@@ -25,66 +25,78 @@ pub struct SenderRow {
     pub ratio: f64,
 }
 
-/// Samples per case, in units of the mode's throughput samples: the veth rows are noisy, and
-/// a ratio of two of them more so.
+/// Rounds, in units of the mode's throughput samples: the veth rows are noisy, and a ratio
+/// of two of them more so.
 pub const SAMPLES_FACTOR: usize = 3;
 
-/// One sender, then both, `SAMPLES_FACTOR * tput_samples` times; `counted` returns the
-/// receiver's frame count
-/// (if it counts), which must grow by exactly what was sent.
+/// `SAMPLES_FACTOR * tput_samples` rounds; in each, every flood in turn is sent by one
+/// sender, then by both, so the cases of one receiver (and the reference among them) see the
+/// same drift of the shared machine. `counted` returns the receiver's frame count (if it
+/// counts), which must grow by exactly what was sent.
 fn measure(
     topo: &Topology,
     senders: &[PacketSource<'_>; 2],
     mode: &Mode,
     receiver: &'static str,
-    flood: Flood,
+    floods: &[Flood],
     counted: &dyn Fn() -> Result<Option<u64>>,
-) -> Result<SenderRow> {
+) -> Result<Vec<SenderRow>> {
     let template = topo.template()?;
-    let send = |i: usize| senders[i].send(&template, flood.sources(), mode.tput_frames, SEND_CAP);
-    senders[0].send(&template, flood.sources(), WARMUP_FRAMES, SEND_CAP)?;
-    let (mut ones, mut boths, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..mode.tput_samples * SAMPLES_FACTOR {
-        let before = counted()?;
-        let one = send(0)?;
-        let (a, b) = std::thread::scope(|s| {
-            let a = s.spawn(|| send(0));
-            let b = s.spawn(|| send(1));
-            (a.join(), b.join())
-        });
-        let panicked = || anyhow::anyhow!("sender panicked");
-        let (a, b) = (a.map_err(|_| panicked())??, b.map_err(|_| panicked())??);
-        let sent = one.frames + a.frames + b.frames;
-        if let (Some(before), Some(after)) = (before, counted()?) {
-            ensure!(
-                after - before == sent,
-                "{receiver} / {}: counted {} of {sent} frames",
-                flood.name(),
-                after - before
-            );
-        }
-        let one_ns = one.kernel_time.as_nanos() as f64 / one.frames.max(1) as f64;
-        let both_ns =
-            (a.kernel_time + b.kernel_time).as_nanos() as f64 / (a.frames + b.frames).max(1) as f64;
-        ones.push(one_ns);
-        boths.push(both_ns);
-        ratios.push(both_ns / one_ns);
+    let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); floods.len()];
+    for flood in floods {
+        senders[0].send(&template, flood.sources(), WARMUP_FRAMES, SEND_CAP)?;
     }
-    let row = SenderRow {
-        receiver,
-        flood,
-        one_ns: median_f(&ones),
-        both_ns: median_f(&boths),
-        ratio: median_f(&ratios),
-    };
-    eprintln!(
-        "two senders: {receiver} / {}: one {:.0} ns/frame, both {:.0}, x{:.3}",
-        flood.name(),
-        row.one_ns,
-        row.both_ns,
-        row.ratio
-    );
-    Ok(row)
+    for _ in 0..mode.tput_samples * SAMPLES_FACTOR {
+        for (flood, (ones, boths, ratios)) in floods.iter().zip(&mut samples) {
+            let send =
+                |i: usize| senders[i].send(&template, flood.sources(), mode.tput_frames, SEND_CAP);
+            let before = counted()?;
+            let one = send(0)?;
+            let (a, b) = std::thread::scope(|s| {
+                let a = s.spawn(|| send(0));
+                let b = s.spawn(|| send(1));
+                (a.join(), b.join())
+            });
+            let panicked = || anyhow::anyhow!("sender panicked");
+            let (a, b) = (a.map_err(|_| panicked())??, b.map_err(|_| panicked())??);
+            let sent = one.frames + a.frames + b.frames;
+            if let (Some(before), Some(after)) = (before, counted()?) {
+                ensure!(
+                    after - before == sent,
+                    "{receiver} / {}: counted {} of {sent} frames",
+                    flood.name(),
+                    after - before
+                );
+            }
+            let one_ns = one.kernel_time.as_nanos() as f64 / one.frames.max(1) as f64;
+            let both_ns = (a.kernel_time + b.kernel_time).as_nanos() as f64
+                / (a.frames + b.frames).max(1) as f64;
+            ones.push(one_ns);
+            boths.push(both_ns);
+            ratios.push(both_ns / one_ns);
+        }
+    }
+    let rows: Vec<SenderRow> = floods
+        .iter()
+        .zip(&samples)
+        .map(|(flood, (ones, boths, ratios))| SenderRow {
+            receiver,
+            flood: *flood,
+            one_ns: median_f(ones),
+            both_ns: median_f(boths),
+            ratio: median_f(ratios),
+        })
+        .collect();
+    for row in &rows {
+        eprintln!(
+            "two senders: {receiver} / {}: one {:.0} ns/frame, both {:.0}, x{:.3}",
+            row.flood.name(),
+            row.one_ns,
+            row.both_ns,
+            row.ratio
+        );
+    }
+    Ok(rows)
 }
 
 pub fn two_senders(mode: &Mode) -> Result<Vec<SenderRow>> {
@@ -98,16 +110,14 @@ pub fn two_senders(mode: &Mode) -> Result<Vec<SenderRow>> {
     {
         let bare = BareProgram::load(XDP_DROP)?;
         let _link = bare.attach(&topo.receiver, &ifname)?;
-        for flood in [Flood::Fixed, Flood::Random] {
-            rows.push(measure(
-                &topo,
-                &senders,
-                mode,
-                "bare XDP_DROP",
-                flood,
-                &|| Ok(None),
-            )?);
-        }
+        rows.extend(measure(
+            &topo,
+            &senders,
+            mode,
+            "bare XDP_DROP",
+            &[Flood::Fixed, Flood::Random],
+            &|| Ok(None),
+        )?);
     }
     let loaded = Loaded::new()?;
     loaded.add(ListKind::Block, &["203.0.113.0/24"], None)?;
@@ -126,16 +136,14 @@ pub fn two_senders(mode: &Mode) -> Result<Vec<SenderRow>> {
                     .sum(),
             ))
         };
-        for flood in [Flood::Blocked, Flood::Fixed, Flood::Random] {
-            rows.push(measure(
-                &topo,
-                &senders,
-                mode,
-                "floodwall",
-                flood,
-                &counted,
-            )?);
-        }
+        rows.extend(measure(
+            &topo,
+            &senders,
+            mode,
+            "floodwall",
+            &[Flood::Blocked, Flood::Fixed, Flood::Random],
+            &counted,
+        )?);
         Ok(())
     })?;
     Ok(rows)
