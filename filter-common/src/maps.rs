@@ -476,13 +476,29 @@ pub struct CpuScratch {
     pub last_event: SourceKey,
     pub _pad2: u32,
     pub last_event_ns: u64,
-    /// Until when this CPU found the global event budget spent (event time base), with the
-    /// bucket it was found spent under; 0: not known to be.
-    pub events_spent_until: u64,
-    pub events_spent_cost: u64,
-    pub events_spent_tau: u64,
+    /// Until when this CPU found global buckets spent: the event budget (event time base),
+    /// admission and the newcomer bucket (filter clock).
+    pub events_spent: SpentNote,
+    pub admission_spent: SpentNote,
+    pub newcomer_spent: SpentNote,
+    /// Drop events this CPU suppressed: counted here, in a line every dropped frame touches
+    /// anyway, rather than in `MISC`; readers add it to `MISC_EVENTS_SUPPRESSED`.
+    pub events_suppressed: u64,
 }
-const _: () = assert!(size_of::<CpuScratch>() == 24 + 24 + 64 + 32 + 24);
+const _: () = assert!(size_of::<CpuScratch>() == 24 + 24 + 64 + 32 + 3 * 24 + 8);
+
+/// A global bucket a CPU found spent: until when no unit conforms (its arrival time then, one
+/// cost on, less tau), under the bucket's parameters then; `until_ns` 0: not known to be.
+/// Takes only move an arrival time on, so the note holds unless a refund (a frame a global cap
+/// dropped after it took a token on another CPU) lands after the read: then it is late by at
+/// most one cost per such frame in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpentNote {
+    pub until_ns: u64,
+    pub cost: u64,
+    pub tau: u64,
+}
 
 /// Per-source state, updated lock-free by compare-and-swap and atomic adds.
 #[repr(C)]
@@ -615,6 +631,7 @@ mod pod {
     unsafe impl aya::Pod for GlobalBucket {}
     unsafe impl aya::Pod for PendingDrops {}
     unsafe impl aya::Pod for CpuScratch {}
+    unsafe impl aya::Pod for SpentNote {}
 }
 
 #[cfg(test)]

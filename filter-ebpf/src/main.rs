@@ -33,9 +33,9 @@ use filter_common::{
     ListEntry, MISC_ADMITTED, MISC_CAS_EXHAUSTED, MISC_EVENTS_RING_FULL, MISC_EVENTS_SENT,
     MISC_EVENTS_SUPPRESSED, MISC_SLOTS, MISC_SOURCE_INSERT_FAILED, MISC_SYN_HANDOVER_FAILED,
     MISC_TRACE_SUPPRESSED, NET_COVER_ENTRIES, PENDING_DROPS_NS, PROGRAM_SLOT_SYN,
-    PROGRAM_SLOT_TRACE, PROGRAM_SLOTS, Reason, SourceKey, SourceState, TraceConfig, TraceRecord,
-    byte_cost, counter_index, host_cover_base, host_cover_bit, known_bit, known_entries,
-    known_words, net_cover_base, syn::PROTO_TCP,
+    PROGRAM_SLOT_TRACE, PROGRAM_SLOTS, Reason, SourceKey, SourceState, SpentNote, TraceConfig,
+    TraceRecord, byte_cost, counter_index, host_cover_base, host_cover_bit, known_bit,
+    known_entries, known_words, net_cover_base, syn::PROTO_TCP,
 };
 
 use crate::{
@@ -750,10 +750,15 @@ fn limit_source(
                 return Reason::Passed;
             }
             if cfg.admission.enabled() {
-                if !take(GLOBAL_ADMISSION, &cfg.admission, cfg.admission.cost, now) {
+                let scratch = scratch();
+                // SAFETY: this CPU's own element, valid for this run.
+                let notes = scratch.map(|s| unsafe {
+                    (&raw mut (*s).admission_spent, &raw mut (*s).newcomer_spent)
+                });
+                if !take_noted(notes.map(|n| n.0), GLOBAL_ADMISSION, &cfg.admission, now) {
                     // Spoof-proof: no state for this source; it shares the newcomer bucket.
                     if cfg.newcomer.enabled()
-                        && take(GLOBAL_NEWCOMER, &cfg.newcomer, cfg.newcomer.cost, now)
+                        && take_noted(notes.map(|n| n.1), GLOBAL_NEWCOMER, &cfg.newcomer, now)
                     {
                         frame.took(TOOK_NEWCOMER);
                         return Reason::Passed;
@@ -926,22 +931,40 @@ fn take(slot: u32, bucket: &Bucket, cost: u64, now: u64) -> bool {
     }
 }
 
-/// Whether the global event budget is spent at `now` (no token is taken). Each CPU notes
-/// until when it found it spent, so a flood reads the shared bucket once per event the budget
-/// allows, not once per frame. That note holds: takes only move the arrival time on, and the
-/// event bucket has no refunds.
+/// Whether this CPU noted global bucket `bucket` spent at `now` (see `SpentNote`): then its
+/// shared line is not read. A flood reads it once per unit the bucket lets through, not once
+/// per frame.
 #[inline(always)]
-fn events_spent(scratch: Option<*mut CpuScratch>, cfg: &Config, now: u64) -> bool {
-    let bucket = &cfg.events;
-    let Some(scratch) = scratch else {
-        return true;
+fn noted_spent(note: Option<*mut SpentNote>, bucket: &Bucket, now: u64) -> bool {
+    let Some(note) = note else {
+        return false;
     };
     // SAFETY: this CPU's own element, valid for this run.
-    let scratch = unsafe { &mut *scratch };
-    if now < scratch.events_spent_until
-        && ((scratch.events_spent_cost ^ bucket.cost) | (scratch.events_spent_tau ^ bucket.tau))
-            == 0
-    {
+    let note = unsafe { &*note };
+    now < note.until_ns && ((note.cost ^ bucket.cost) | (note.tau ^ bucket.tau)) == 0
+}
+
+/// Notes global bucket `bucket`, whose arrival time is `tat`, spent (see `SpentNote`): one
+/// unit conforms once the arrival time is within tau of now, one cost ahead.
+#[inline(always)]
+fn note_spent(note: Option<*mut SpentNote>, bucket: &Bucket, tat: u64) {
+    if let Some(note) = note {
+        // SAFETY: this CPU's own element, valid for this run.
+        unsafe {
+            (*note).until_ns = tat.saturating_add(bucket.cost).saturating_sub(bucket.tau);
+            (*note).cost = bucket.cost;
+            (*note).tau = bucket.tau;
+        }
+    }
+}
+
+/// Whether the global event budget is spent at `now` (no token is taken).
+#[inline(always)]
+fn events_spent(scratch: Option<*mut CpuScratch>, cfg: &Config, now: u64) -> bool {
+    // SAFETY: this CPU's own element, valid for this run.
+    let note = scratch.map(|s| unsafe { &raw mut (*s).events_spent });
+    let bucket = &cfg.events;
+    if noted_spent(note, bucket, now) {
         return true;
     }
     let Some(global) = GLOBALS.get(GLOBAL_EVENTS) else {
@@ -950,14 +973,32 @@ fn events_spent(scratch: Option<*mut CpuScratch>, cfg: &Config, now: u64) -> boo
     if filter_common::gcra(global.tat, now, bucket.cost, bucket.tau).is_some() {
         return false;
     }
-    // Spent: one unit conforms once the arrival time is within tau of now, one cost ahead.
-    scratch.events_spent_until = global
-        .tat
-        .saturating_add(bucket.cost)
-        .saturating_sub(bucket.tau);
-    scratch.events_spent_cost = bucket.cost;
-    scratch.events_spent_tau = bucket.tau;
+    note_spent(note, bucket, global.tat);
     true
+}
+
+/// GCRA on global bucket `slot` (admission or newcomers), skipped while this CPU has it noted
+/// spent (`note`), and noted when found spent.
+#[inline(always)]
+fn take_noted(note: Option<*mut SpentNote>, slot: u32, bucket: &Bucket, now: u64) -> bool {
+    if noted_spent(note, bucket, now) {
+        return false;
+    }
+    let Some(global) = GLOBALS.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: a map value valid for this run; only its address is taken here.
+    let tat = unsafe { &raw mut (*global).tat };
+    if take_ptr(tat, bucket, bucket.cost, now) {
+        return true;
+    }
+    // SAFETY: as above; an aligned 64-bit load. A later arrival time than the one the take
+    // found only makes the note later, as the bucket is.
+    let seen = unsafe { core::ptr::read_volatile(tat) };
+    if filter_common::gcra(seen, now, bucket.cost, bucket.tau).is_none() {
+        note_spent(note, bucket, seen);
+    }
+    false
 }
 
 /// GCRA on one arrival time. Contention that outlasts the retries takes no token, and is
@@ -1015,12 +1056,12 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
         if same_source(&recent.last_event, src)
             && now.wrapping_sub(recent.last_event_ns) < cfg.event_interval_ns
         {
-            bump(MISC_EVENTS_SUPPRESSED);
+            suppressed(scratch);
             return;
         }
     }
     if events_spent(scratch, cfg, now) {
-        bump(MISC_EVENTS_SUPPRESSED);
+        suppressed(scratch);
         return;
     }
     let seen = EVENT_SEEN.get_ptr_mut(src);
@@ -1029,12 +1070,12 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
         let at_ns = unsafe { *last };
         if now.wrapping_sub(at_ns) < cfg.event_interval_ns {
             remember_event(scratch, src, at_ns);
-            bump(MISC_EVENTS_SUPPRESSED);
+            suppressed(scratch);
             return;
         }
     }
     if !take(GLOBAL_EVENTS, &cfg.events, cfg.events.cost, now) {
-        bump(MISC_EVENTS_SUPPRESSED);
+        suppressed(scratch);
         return;
     }
     match seen {
@@ -1058,6 +1099,16 @@ fn report(cfg: &Config, src: &SourceKey, reason: Reason, ifindex: u32, frame: &m
         bump(MISC_EVENTS_SENT);
     } else {
         bump(MISC_EVENTS_RING_FULL);
+    }
+}
+
+/// Counts a suppressed drop event (see `CpuScratch::events_suppressed`).
+#[inline(always)]
+fn suppressed(scratch: Option<*mut CpuScratch>) {
+    match scratch {
+        // SAFETY: this CPU's own element, valid for this run.
+        Some(scratch) => unsafe { (*scratch).events_suppressed += 1 },
+        None => bump(MISC_EVENTS_SUPPRESSED),
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use filter_common::Reason;
 use floodwall::{kernel, limits::Limits};
 use floodwall_tests::{
@@ -397,6 +397,64 @@ fn known_sources_stay_known_through_bitmap_rebuilds() -> Result<()> {
         tracked.len() as u64,
         "every tracked source is served as known: {} newcomer-limited",
         delta(Reason::NewcomerLimited)
+    );
+    Ok(())
+}
+
+/// A CPU that found admission and the newcomer bucket spent skips their shared lines until
+/// they come back, and not longer: after a pause, new sources get through again at the
+/// buckets' rates on that same CPU.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn spent_admission_and_newcomer_budgets_come_back_on_time() -> Result<()> {
+    pin_to_cpu(0);
+    let fw = Loaded::new()?;
+    let (admissions, newcomers) = (20u64, 50u64);
+    fw.set_limits(&Limits {
+        pps: 100,
+        burst: 100,
+        new_sources: admissions,
+        newcomer_pps: newcomers,
+        ..Limits::default()
+    })?;
+    let start = Instant::now();
+    let new_source = |n: u32| {
+        let [_, a, b, c] = n.to_be_bytes();
+        udp(IpAddr::V4(Ipv4Addr::new(10, a, b, c)), 16)
+    };
+    // Both bursts go to the first new sources, and then both buckets are spent.
+    let mut passed = 0u64;
+    for n in 0..2_000 {
+        passed += u64::from(fw.run(&new_source(n))? == XDP_PASS);
+    }
+    let bursts = admissions + newcomers;
+    let allowed = |elapsed: Duration| {
+        bursts + ((admissions + newcomers) as f64 * elapsed.as_secs_f64()).ceil() as u64 + 2
+    };
+    ensure!(
+        passed >= bursts && passed <= allowed(start.elapsed()),
+        "{passed} of 2,000 new sources passed; the bursts are {bursts}"
+    );
+    // 200 ms at 70/s is 14 more; one tick of the clock may cost each bucket one.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut back = 0u64;
+    for n in 10_000..10_400 {
+        back += u64::from(fw.run(&new_source(n))? == XDP_PASS);
+    }
+    ensure!(
+        back >= 10 && passed + back <= allowed(start.elapsed()),
+        "{back} new sources passed 200 ms after both buckets were spent (14 expected)"
+    );
+    let c = fw.counters()?;
+    eprintln!(
+        "{passed} new sources passed at first, {back} after 200 ms; admitted {}",
+        kernel::read_misc(&fw.paths)?[filter_common::MISC_ADMITTED as usize]
+    );
+    ensure!(
+        c[&Reason::Passed] == passed + back,
+        "counters say {} passed, the runs {}",
+        c[&Reason::Passed],
+        passed + back
     );
     Ok(())
 }

@@ -112,7 +112,9 @@ pub fn set_syn_auto_active(paths: &Paths, active: bool) -> Result<(), KernelErro
         })
 }
 
-/// Resets the global buckets, so a new configuration starts from full bursts.
+/// Resets the global buckets, so a new configuration starts from full bursts, and the CPUs'
+/// notes of them as spent (`SpentNote`), which would outlast the reset. Only while no frame
+/// arrives: a CPU's scratch is read and written back whole.
 pub fn reset_globals(paths: &Paths) -> Result<(), KernelError> {
     let mut array: Array<MapData, GlobalBucket> = open_as(paths, MAP_GLOBALS)?;
     for i in 0..array.len() {
@@ -124,7 +126,32 @@ pub fn reset_globals(paths: &Paths) -> Result<(), KernelError> {
                 source,
             })?;
     }
-    Ok(())
+    let Some(mut scratch) = open_scratch(paths)? else {
+        return Ok(());
+    };
+    let values = scratch.get(&0, 0).map_err(|source| KernelError::OpenMap {
+        name: MAP_CPU_SCRATCH,
+        source,
+    })?;
+    let cleared: Vec<CpuScratch> = values
+        .iter()
+        .map(|s| CpuScratch {
+            events_spent: SpentNote::default(),
+            admission_spent: SpentNote::default(),
+            newcomer_spent: SpentNote::default(),
+            ..*s
+        })
+        .collect();
+    let cleared = PerCpuValues::try_from(cleared).map_err(|e| KernelError::Update {
+        name: MAP_CPU_SCRATCH,
+        source: MapError::IoError(e),
+    })?;
+    scratch
+        .set(0, cleared, 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_CPU_SCRATCH,
+            source,
+        })
 }
 
 /// Verdict counters summed over CPUs, by interface index and reason; index 0 stands for the
@@ -180,7 +207,8 @@ impl CounterReader {
     }
 }
 
-/// Data-path health counters summed over CPUs, by `MISC_*` slot.
+/// Data-path health counters summed over CPUs, by `MISC_*` slot, with the suppressed drop
+/// events each CPU counts in its `CpuScratch`.
 pub fn read_misc(paths: &Paths) -> Result<Vec<u64>, KernelError> {
     let map: PerCpuArray<MapData, u64> = open_as(paths, MAP_MISC)?;
     let mut out = Vec::new();
@@ -191,13 +219,22 @@ pub fn read_misc(paths: &Paths) -> Result<Vec<u64>, KernelError> {
         })?;
         out.push(values.iter().sum());
     }
+    if let Some(scratch) = open_scratch(paths)? {
+        let values = scratch.get(&0, 0).map_err(|source| KernelError::OpenMap {
+            name: MAP_CPU_SCRATCH,
+            source,
+        })?;
+        if let Some(slot) = out.get_mut(MISC_EVENTS_SUPPRESSED as usize) {
+            *slot += values.iter().map(|s| s.events_suppressed).sum::<u64>();
+        }
+    }
     Ok(out)
 }
 
 /// The per-CPU array that holds each CPU's over-limit drops (`CpuScratch::pending`). `None`
 /// for a filter loaded by a floodwall from before `CPU_SCRATCH`: drops such a filter holds
 /// are not read until it is detached and attached again.
-fn open_pending(paths: &Paths) -> Result<Option<PerCpuArray<MapData, CpuScratch>>, KernelError> {
+fn open_scratch(paths: &Paths) -> Result<Option<PerCpuArray<MapData, CpuScratch>>, KernelError> {
     if !paths.map_pin(MAP_CPU_SCRATCH).exists() {
         return Ok(None);
     }
@@ -237,7 +274,7 @@ impl SourceReader {
     pub fn open(paths: &Paths) -> Result<SourceReader, KernelError> {
         Ok(SourceReader {
             map: open_as(paths, MAP_SOURCES)?,
-            pending: open_pending(paths)?,
+            pending: open_scratch(paths)?,
         })
     }
 
@@ -289,7 +326,7 @@ pub fn open_events(paths: &Paths) -> Result<RingBuf<MapData>, KernelError> {
 /// Every tracked source and its state.
 pub fn read_sources(paths: &Paths) -> Result<Vec<(SourceKey, SourceState)>, KernelError> {
     let map: HashMap<MapData, SourceKey, SourceState> = open_as(paths, MAP_SOURCES)?;
-    let held = held_drops(open_pending(paths)?.as_ref())?;
+    let held = held_drops(open_scratch(paths)?.as_ref())?;
     let mut out = Vec::new();
     for item in map.iter() {
         match item {

@@ -33,9 +33,10 @@ use filter_common::{
     MAP_CONFIG_ACTIVE, MAP_COUNTERS, MAP_CPU_SCRATCH, MAP_EVENT_SEEN, MAP_EVENTS, MAP_GLOBALS,
     MAP_HOST_COVER, MAP_IFACE_SLOTS, MAP_KNOWN, MAP_KNOWN_ACTIVE, MAP_MISC, MAP_NET_COVER,
     MAP_PROGRAMS, MAP_SLOT_IFACES, MAP_SOURCES, MAP_SYN_ACTIVE, MAP_TRACE, MAX_INTERFACES,
-    NET_COVER_WORDS, PROGRAM_NAME, PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE, PendingDrops, Reason,
-    SYN_PROGRAM_NAME, SourceKey, SourceState, TRACE_PROGRAM_NAME, TraceConfig, counter_index,
-    host_cover_base, host_cover_bit, known_entries, net_cover_base, net_cover_range,
+    MISC_EVENTS_SUPPRESSED, NET_COVER_WORDS, PROGRAM_NAME, PROGRAM_SLOT_SYN, PROGRAM_SLOT_TRACE,
+    PendingDrops, Reason, SYN_PROGRAM_NAME, SourceKey, SourceState, SpentNote, TRACE_PROGRAM_NAME,
+    TraceConfig, counter_index, host_cover_base, host_cover_bit, known_entries, net_cover_base,
+    net_cover_range,
 };
 use thiserror::Error;
 
