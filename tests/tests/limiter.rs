@@ -458,3 +458,58 @@ fn spent_admission_and_newcomer_budgets_come_back_on_time() -> Result<()> {
     );
     Ok(())
 }
+
+/// A CPU drops the source it holds drops of without its state only while no frame of it can
+/// conform (`PendingDrops::over_until_ns`): the first frame after a token has come back passes
+/// on that same CPU, and none before.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_held_source_passes_again_as_soon_as_a_token_is_back() -> Result<()> {
+    pin_to_cpu(0);
+    let fw = Loaded::new()?;
+    // 10 pps: a token every 100 ms, a burst of 10.
+    fw.set_limits(&Limits {
+        pps: 10,
+        burst: 10,
+        ..Limits::default()
+    })?;
+    let frame = udp(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9)), 16);
+    let verdicts = |n: usize| -> Result<Vec<bool>> {
+        (0..n).map(|_| Ok(fw.run(&frame)? == XDP_PASS)).collect()
+    };
+    let start = Instant::now();
+    let first = verdicts(1_000)?;
+    let burst = first.iter().filter(|p| **p).count();
+    // The burst, plus what came back while the runs ran.
+    let allowed = 10 + (10.0 * start.elapsed().as_secs_f64()).ceil() as usize;
+    ensure!(
+        (10..=allowed).contains(&burst) && first[..10].iter().all(|p| *p),
+        "{burst} of 1,000 frames passed from idle (burst 10, at most {allowed})"
+    );
+    for round in 0..3 {
+        // Held and over: dropped at once.
+        let held = verdicts(200)?;
+        ensure!(
+            held.iter().filter(|p| **p).count() <= 1,
+            "round {round}: a held source passed {} of 200 frames within a token's time",
+            held.iter().filter(|p| **p).count()
+        );
+        // A token (100 ms) and a tick later, the next frame passes, then it is over again.
+        std::thread::sleep(Duration::from_millis(150));
+        let back = verdicts(50)?;
+        ensure!(
+            back[0] && back.iter().filter(|p| **p).count() <= 2,
+            "round {round}: 150 ms after it was over its limit, the source's next frames \
+             passed: {:?} (the first should, and no more than a token's worth)",
+            &back[..5]
+        );
+    }
+    let c = fw.counters()?;
+    eprintln!(
+        "held source: {burst} from idle, then dropped until a token was back, 3 times; \
+         passed {}, over pps {}",
+        c[&Reason::Passed],
+        c[&Reason::OverPps]
+    );
+    Ok(())
+}
