@@ -458,7 +458,8 @@ const _: () = assert!(size_of::<PendingDrops>() == 64);
 /// The element of the per-CPU `CPU_SCRATCH` array: everything the data path keeps per CPU,
 /// in one value, so that a frame touches one per-CPU value's cache lines rather than one
 /// map's each (each map costs a line for its pointers and one for the value). Userspace reads
-/// `pending`; the rest is the kernel's.
+/// `pending` and `events_suppressed`, and the tests' bucket reset clears the spent notes; the
+/// rest is the kernel's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuScratch {

@@ -368,7 +368,7 @@ fn finish(
 }
 
 /// Per CPU: the frame's notes, the kept clock, the source key, held drops, the last
-/// reported source, the event budget's state (see `filter_common::CpuScratch`).
+/// reported source, the spent-budget notes and suppressed events (`filter_common::CpuScratch`).
 #[map]
 static CPU_SCRATCH: PerCpuArray<CpuScratch> = PerCpuArray::pinned(1, 0);
 
@@ -690,8 +690,8 @@ fn mark_known(cfg: &Config, key: &SourceKey) {
     }
 }
 
-/// The source's key, written into this CPU's `CpuScratch::key`; `None` only if the per-CPU array
-/// is missing its element.
+/// The source's key, written into this CPU's `CpuScratch::key`; `None` only if the per-CPU
+/// array is missing its element.
 #[inline(always)]
 fn frame_key(cfg: &Config, src: &SourceKey) -> Option<&'static SourceKey> {
     // SAFETY: this CPU's own element, valid for this run.
@@ -853,11 +853,11 @@ fn charge(
     Reason::Passed
 }
 
-/// Counts an over-limit drop of the source `key` (in `CpuScratch::key`), whose state is `state`.
-/// The count is held per CPU and added to the shared state when this CPU drops another source
-/// or has held it for `PENDING_DROPS_NS`, so a flood being dropped writes the source's shared
-/// cache line about once a second per CPU, not once per frame. Readers (`top`, bans) add what
-/// the CPUs hold.
+/// Counts an over-limit drop of the source `key` (in `CpuScratch::key`), whose state is
+/// `state`. The count is held per CPU and added to the shared state when this CPU drops
+/// another source or has held it for `PENDING_DROPS_NS`, so a flood being dropped writes the
+/// source's shared cache line about once a second per CPU, not once per frame. Readers
+/// (`top`, bans) add what the CPUs hold.
 #[inline(always)]
 fn count_drop(key: &SourceKey, state: &mut SourceState, now: u64, over_until: u64, pkt: &Bucket) {
     let Some(scratch) = scratch() else {
