@@ -141,13 +141,17 @@ fn main() -> Result<()> {
             println!("{}", throughput_table(&throughput(&mode)?));
             return Ok(());
         }
+        Some("control") => {
+            println!("{}", control_plane(&mode)?.table());
+            return Ok(());
+        }
         Some("insitu") => {
             println!("{}", insitu::table(&insitu::measure(&mode)?));
             return Ok(());
         }
         Some(other) => bail!(
-            "--only takes `cost`, `cpus`, `insitu`, `peer`, `random`, `senders` or `veth`, not \
-             `{other}`"
+            "--only takes `control`, `cost`, `cpus`, `insitu`, `peer`, `random`, `senders` or \
+             `veth`, not `{other}`"
         ),
     }
     let mut rows = Vec::new();
@@ -1360,6 +1364,8 @@ struct Control {
     nft: Duration,
     /// Commands run with every entry stored: (command, median time, peak resident KiB).
     with_store: Vec<(String, Duration, u64)>,
+    /// The cover bits rebuilt from the full store (`lists::rebuild_cover_now`), median.
+    cover_rebuild: Duration,
 }
 
 /// Runs of each command with the store full; the median is reported.
@@ -1391,6 +1397,13 @@ impl Control {
                     *kib as f64 / 1024.0
                 ))
                 .collect::<String>(),
+            n = self.entries,
+        ) + &format!(
+            "\nThe cover bits rebuilt from all {n} stored entries (`lists::rebuild_cover`, \
+             which `floodwall run` does hourly when the store changed and every recovery does; \
+             it holds the state lock throughout, so list changes wait for it), in the bench's \
+             process, median of {STORED_RUNS}: {:.0} ms.\n",
+            self.cover_rebuild.as_secs_f64() * 1e3,
             n = self.entries,
         )
     }
@@ -1481,6 +1494,21 @@ fn control_plane(mode: &Mode) -> Result<Control> {
         );
         with_store.push((line, Duration::from_nanos(median(&times)), peak));
     }
+    // The cover bits rebuilt from the full store, as `floodwall run` does hourly when the
+    // store changed (and every recovery does): the state lock is held throughout.
+    let paths = floodwall::paths::Paths {
+        bpffs: fw.pin_dir().to_owned(),
+        state_dir: fw.state_dir().to_owned(),
+        config: fw.config_path().to_owned(),
+    };
+    let mut times = Vec::new();
+    for _ in 0..STORED_RUNS {
+        let started = Instant::now();
+        floodwall::lists::rebuild_cover_now(&paths).context("rebuilding the cover bits")?;
+        times.push(started.elapsed().as_nanos() as u64);
+    }
+    let cover_rebuild = Duration::from_nanos(median(&times));
+    eprintln!("control plane: cover bits rebuilt from the store: {cover_rebuild:?} median");
     drop(fw);
 
     let mut rules = String::with_capacity(n as usize * 18);
@@ -1516,6 +1544,7 @@ fn control_plane(mode: &Mode) -> Result<Control> {
         floodwall_out: fw_out.trim().to_owned(),
         nft,
         with_store,
+        cover_rebuild,
     })
 }
 
@@ -1743,6 +1772,7 @@ fn write_json(root: &Path, r: &Report<'_>) -> Result<()> {
                 "median_ms": t.as_secs_f64() * 1e3,
                 "peak_rss_kib": kib,
             })).collect::<Vec<_>>(),
+            "cover_rebuild_ms": c.cover_rebuild.as_secs_f64() * 1e3,
             "floodwall_output": c.floodwall_out,
             "nft_f_s": c.nft.as_secs_f64(),
             "ratio_floodwall_to_nft": c.floodwall.as_secs_f64() / c.nft.as_secs_f64().max(1e-9),
