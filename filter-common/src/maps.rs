@@ -22,6 +22,11 @@ pub const MAP_EVENT_SEEN: &str = "EVENT_SEEN";
 /// ([`CpuScratch`]), among it the over-limit drops of one source not yet added to its shared
 /// count.
 pub const MAP_CPU_SCRATCH: &str = "CPU_SCRATCH";
+/// One u64: the build of the loaded program (a hash of its object, written when it is
+/// loaded). The controller works only with the filter its own build loaded: a program of
+/// another build may lay its maps out otherwise, or hash addresses to other bits, so that a
+/// list entry the controller writes would be missed.
+pub const MAP_BUILD: &str = "BUILD";
 /// Which /16s (an address's first 16 bits, IPv4 or IPv6) each list's prefixes may cover: one
 /// bit per /16, [`NET_COVER_WORDS`] words per list and family, at [`net_cover_base`]. The
 /// kernel skips the prefix lookup for an address whose bit is clear. The controller sets a

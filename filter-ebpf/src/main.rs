@@ -44,6 +44,9 @@ use crate::{
     sync::{atomic_add, atomic_or},
 };
 
+/// Which build loaded this program (see `filter_common::MAP_BUILD`); only userspace reads it.
+#[map]
+static BUILD: Array<u64> = Array::pinned(1, 0);
 /// Two records and the index of the live one (see `MAP_CONFIG_ACTIVE`).
 #[map]
 static CONFIG: Array<Config> = Array::pinned(CONFIG_SLOTS, 0);

@@ -45,6 +45,7 @@ impl AttachError {
                     | KernelError::AlreadyAttached { .. }
                     | KernelError::NotAttached { .. }
                     | KernelError::NotLoaded
+                    | KernelError::OtherBuild { .. }
             ) | AttachError::Config(_)
                 | AttachError::Limits(_)
                 | AttachError::NoInterface

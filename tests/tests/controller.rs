@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use aya::maps::{Array, Map, MapData};
 use floodwall_tests::cli::{COMMAND_TIMEOUT, Floodwall, HOST4, Host, check_ok, wait_output};
 use serde_json::{Value, json};
 
@@ -263,6 +264,75 @@ fn commands_before_attach_say_how_to_attach() -> Result<()> {
         status == json!({ "loaded": false, "interfaces": [] }),
         "status before attach: {status}"
     );
+    Ok(())
+}
+
+/// A filter that another floodwall build loaded may lay its maps out otherwise, or hash
+/// addresses to other bits, so an entry written into it now could be missed. Every command
+/// that would read or change it is refused with what to do, and changes nothing (neither the
+/// kernel's maps nor the store, as the reload shows); `detach --all` and `attach` then load
+/// this build with the lists and limits kept.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_filter_another_build_loaded_is_refused_until_reloaded() -> Result<()> {
+    let host = Host::new("ctl")?;
+    let fw = host.attached()?;
+    fw.ok(&["block", "add", "192.0.2.1"])?;
+    fw.ok(&["limit", "set", "--pps", "50"])?;
+    let pin = fw.pin_dir().join(filter_common::MAP_BUILD);
+    let build = || -> Result<Array<MapData, u64>> {
+        Ok(Array::try_from(Map::from_map_data(MapData::from_pin(
+            &pin,
+        )?)?)?)
+    };
+    let ours = floodwall::kernel::build_id();
+    ensure!(
+        build()?.get(&0, 0)? == ours,
+        "the load did not record its build"
+    );
+    build()?.set(0, ours ^ 1, 0)?;
+    for args in [
+        &["block", "add", "192.0.2.2"][..],
+        &["block", "del", "192.0.2.1"],
+        &["block", "flush"],
+        &["allow", "add", "203.0.113.5"],
+        &["limit", "set", "--pps", "5"],
+        &["top"],
+        &["stats", "--json"],
+    ] {
+        let stderr = fw.fails(args, 2)?;
+        ensure!(
+            stderr.contains("loaded by another build") && stderr.contains("detach --all"),
+            "floodwall {args:?}: {stderr}"
+        );
+    }
+    // One loaded before builds were recorded has none.
+    std::fs::remove_file(&pin)?;
+    let stderr = fw.fails(&["block", "add", "192.0.2.2"], 2)?;
+    ensure!(stderr.contains("an older floodwall"), "{stderr}");
+    let data = MapData::from_pin(fw.pin_dir().join(filter_common::MAP_BLOCK4_HOST))?;
+    let hosts: aya::maps::HashMap<MapData, [u8; 4], filter_common::ListEntry> =
+        aya::maps::HashMap::try_from(Map::from_map_data(data)?)?;
+    let hosts: Vec<[u8; 4]> = hosts.keys().collect::<Result<_, _>>()?;
+    ensure!(
+        hosts == [[192, 0, 2, 1]],
+        "the refused filter's hosts: {hosts:?}"
+    );
+
+    fw.ok(&["detach", "--all"])?;
+    fw.ok(&["attach", host.iface(), "--mode", "native"])?;
+    ensure!(
+        build()?.get(&0, 0)? == ours,
+        "the reload did not record its build"
+    );
+    fw.ok(&["block", "add", "192.0.2.2"])?;
+    ensure!(
+        block_cidrs(&fw)? == set(&["192.0.2.1", "192.0.2.2"]),
+        "block list after the reload: {:?}",
+        block_cidrs(&fw)?
+    );
+    let limits = fw.json(&["limit", "show", "--json"])?;
+    ensure!(limits["pps"] == 50, "limits after the reload: {limits}");
     Ok(())
 }
 

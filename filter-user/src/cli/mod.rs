@@ -96,9 +96,15 @@ impl CliError {
             CliError::NotEnforcing { .. } | CliError::Explain(_) | CliError::Trace(_) => false,
             CliError::Attach(e) => e.is_bad_input(),
             CliError::List(e) => {
-                e.is_bad_input() || matches!(e, ListError::Kernel(KernelError::NotLoaded))
+                e.is_bad_input()
+                    || matches!(
+                        e,
+                        ListError::Kernel(KernelError::NotLoaded | KernelError::OtherBuild { .. })
+                    )
             }
-            CliError::Kernel(e) => matches!(e, KernelError::NotLoaded),
+            CliError::Kernel(e) => {
+                matches!(e, KernelError::NotLoaded | KernelError::OtherBuild { .. })
+            }
             CliError::Cidr(_) | CliError::Import { .. } | CliError::Limits { .. } => true,
             CliError::ReadFile { .. } => true,
             CliError::Reload(e) => e.is_bad_input(),

@@ -29,7 +29,7 @@ use filter_common::{
     HOST_COVER_WORDS, IFINDEX_LIMIT, LIST_ALLOW4_HOST, LIST_ALLOW4_NET, LIST_ALLOW6_HOST,
     LIST_ALLOW6_NET, LIST_BLOCK4_HOST, LIST_BLOCK4_NET, LIST_BLOCK6_HOST, LIST_BLOCK6_NET,
     LIST_MAP_NAMES, ListEntry, MAP_ALLOW4_HOST, MAP_ALLOW4_NET, MAP_ALLOW6_HOST, MAP_ALLOW6_NET,
-    MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_CONFIG,
+    MAP_BLOCK4_HOST, MAP_BLOCK4_NET, MAP_BLOCK6_HOST, MAP_BLOCK6_NET, MAP_BUILD, MAP_CONFIG,
     MAP_CONFIG_ACTIVE, MAP_COUNTERS, MAP_CPU_SCRATCH, MAP_EVENT_SEEN, MAP_EVENTS, MAP_GLOBALS,
     MAP_HOST_COVER, MAP_IFACE_SLOTS, MAP_KNOWN, MAP_KNOWN_ACTIVE, MAP_MISC, MAP_NET_COVER,
     MAP_PROGRAMS, MAP_SLOT_IFACES, MAP_SOURCES, MAP_SYN_ACTIVE, MAP_TRACE, MAX_INTERFACES,
@@ -114,6 +114,13 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the loaded filter is not this floodwall's: it was loaded by {}, whose maps this one \
+         cannot safely change; run `floodwall detach --all`, then `floodwall attach` to load \
+         this one (lists and limits persist)",
+        match found { Some(_) => "another build", None => "an older floodwall" }
+    )]
+    OtherBuild { found: Option<u64> },
     #[error("cannot read the pinned program `{path}`: {source}")]
     ProgramInfo {
         path: PathBuf,
@@ -212,9 +219,47 @@ pub(super) fn open(paths: &Paths, name: &'static str) -> Result<Map, KernelError
     if !paths.is_loaded() {
         return Err(KernelError::NotLoaded);
     }
+    check_build(paths)?;
+    open_map(paths, name)
+}
+
+fn open_map(paths: &Paths, name: &'static str) -> Result<Map, KernelError> {
     let data = MapData::from_pin(paths.map_pin(name))
         .map_err(|source| KernelError::OpenMap { name, source })?;
     Map::from_map_data(data).map_err(|source| KernelError::OpenMap { name, source })
+}
+
+/// A pinned map of the loaded filter, opened without [`check_build`] (for the load itself).
+pub(super) fn open_pin<T: TryFrom<Map, Error = MapError>>(
+    paths: &Paths,
+    name: &'static str,
+) -> Result<T, KernelError> {
+    T::try_from(open_map(paths, name)?).map_err(|source| KernelError::OpenMap { name, source })
+}
+
+/// This build's id: a hash (FNV-1a) of the program object it embeds and loads.
+pub fn build_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        PROGRAM_OBJECT
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+                (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+            })
+    })
+}
+
+/// Refuses a filter that another build loaded (see `filter_common::MAP_BUILD`). Read on every
+/// map opened: another floodwall may have reloaded the filter since this process last looked.
+pub fn check_build(paths: &Paths) -> Result<(), KernelError> {
+    let found = open_pin::<Array<MapData, u64>>(paths, MAP_BUILD)
+        .ok()
+        .and_then(|build| build.get(&0, 0).ok());
+    if found == Some(build_id()) {
+        Ok(())
+    } else {
+        Err(KernelError::OtherBuild { found })
+    }
 }
 
 pub(super) fn open_as<T: TryFrom<Map, Error = MapError>>(

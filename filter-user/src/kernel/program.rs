@@ -27,6 +27,15 @@ pub fn load(paths: &Paths, capacity: &Capacity) -> Result<(), KernelError> {
             hint: permission_hint(is_permission_denied(&source)),
             source: Box::new(source),
         })?;
+    // The maps are pinned now, the program (what makes the filter loaded) not yet: a load
+    // killed at any point leaves no filter that this build would refuse.
+    let mut build: Array<MapData, u64> = open_pin(paths, MAP_BUILD)?;
+    build
+        .set(0, build_id(), 0)
+        .map_err(|source| KernelError::Update {
+            name: MAP_BUILD,
+            source,
+        })?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
         .and_then(|p| p.try_into().ok())
@@ -126,7 +135,8 @@ pub(super) fn remove_pin(path: PathBuf) -> Result<(), KernelError> {
 }
 
 /// Every map the program pins besides the list maps (`LIST_MAP_NAMES`).
-const STATE_MAP_NAMES: [&str; 18] = [
+const STATE_MAP_NAMES: [&str; 19] = [
+    MAP_BUILD,
     MAP_CONFIG,
     MAP_CONFIG_ACTIVE,
     MAP_COUNTERS,
